@@ -1,0 +1,1 @@
+//! Raft replication of cluster state (openraft on RocksDB over QUIC); filled by the consensus issue.

@@ -1,0 +1,3 @@
+//! One softswitch cluster member: SIP stack, registrar, routing, B2BUA calls and the store.
+
+pub mod sip;

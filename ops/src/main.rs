@@ -1,0 +1,2 @@
+//! switchctl: operator CLI for the softswitch.
+fn main() {}
