@@ -190,6 +190,14 @@ impl Headers {
         }
     }
 
+    /// Replaces the value of the first `name` header only (e.g. the top Via), or appends.
+    pub fn set_first(&mut self, name: &str, value: impl Into<String>) {
+        match self.0.iter_mut().find(|h| h.name.eq_ignore_ascii_case(name)) {
+            Some(h) => h.value = value.into(),
+            None => self.push(name, value),
+        }
+    }
+
     /// Removes every `name` header.
     pub fn remove(&mut self, name: &str) {
         self.0.retain(|h| !h.name.eq_ignore_ascii_case(name));
@@ -416,10 +424,10 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, ParseError> {
         return Err(ParseError::new(400, "Empty Message"));
     }
     let first = lines.remove(0);
-    let start = parse_start_line(&first)?;
+    let (start, version_err) = parse_start_line(&first)?;
 
     let mut headers = Headers::default();
-    let mut partial_err: Option<ParseError> = None;
+    let mut partial_err: Option<ParseError> = version_err;
     for line in &lines {
         let Some(colon) = line.find(':') else {
             partial_err.get_or_insert(ParseError::new(400, "Bad Header Line"));
@@ -495,7 +503,9 @@ fn unfold(head: &str) -> Vec<String> {
     lines
 }
 
-fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
+/// Parses the first line; a request with a SIP version other than 2.0 is returned with
+/// a deferred 505 so the headers can still be read to address the reply.
+fn parse_start_line(line: &str) -> Result<(StartLine, Option<ParseError>), ParseError> {
     if let Some(rest) = line.strip_prefix("SIP/") {
         let mut parts = rest.splitn(3, ' ');
         let version = parts.next().unwrap_or_default();
@@ -508,7 +518,7 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
             .filter(|c| (100..700).contains(c))
             .ok_or_else(|| ParseError::new(400, "Bad Status Line"))?;
         let reason = parts.next().unwrap_or("").to_string();
-        return Ok(StartLine::Response { code, reason });
+        return Ok((StartLine::Response { code, reason }, None));
     }
     let mut parts = line.split(' ').filter(|p| !p.is_empty());
     let (Some(m), Some(uri), Some(version), None) =
@@ -520,25 +530,18 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
     if !version.starts_with("SIP/") {
         return Err(ParseError::new(400, "Bad Request Line"));
     }
-    if version != "SIP/2.0" {
-        let mut e = ParseError::new(505, "Version Not Supported");
-        e.partial = Some(SipMessage {
-            start: StartLine::Request {
-                method,
-                uri: uri.to_string(),
-            },
-            headers: Headers::default(),
-            body: Bytes::new(),
-        });
-        return Err(e);
-    }
+    let version_err =
+        (version != "SIP/2.0").then(|| ParseError::new(505, "Version Not Supported"));
     if uri.contains(':') && parse_uri(uri).is_none() && !uri.starts_with("tel:") {
         return Err(ParseError::new(400, "Bad Request-URI"));
     }
-    Ok(StartLine::Request {
-        method,
-        uri: uri.to_string(),
-    })
+    Ok((
+        StartLine::Request {
+            method,
+            uri: uri.to_string(),
+        },
+        version_err,
+    ))
 }
 
 /// A SIP or SIPS URI: the parts the node routes on.
@@ -1158,9 +1161,10 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
 
     #[test]
     fn errors_name_the_fault() {
-        let e = parse(b"INVITE sip:a@b SIP/3.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n")
+        let e = parse(b"OPTIONS sip:a@b SIP/3.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n")
             .unwrap_err();
         assert_eq!(e.status, 505);
+        assert_eq!(e.reply().unwrap().status(), Some(505));
         let e = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
         assert_eq!((e.status, e.reason.as_str()), (400, "Missing Call-ID"));
         assert!(e.reply().is_none(), "cannot address a reply without Call-ID");

@@ -1,6 +1,9 @@
 //! SIP stack: messages, transports, transactions and dialogs (RFC 3261).
 
+pub mod dialog;
 pub mod message;
+pub mod transaction;
+pub mod transport;
 
 use std::net::SocketAddr;
 

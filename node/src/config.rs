@@ -1,0 +1,336 @@
+//! Node configuration: one TOML file, every field optional with a documented default.
+//!
+//! Unknown fields are rejected (`deny_unknown_fields`) and every value is checked by
+//! [`NodeConfig::validate`], so a typo or a bad value stops the node with the field named.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown field or wrong type (toml names the field).
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A value out of range; names the field.
+    #[error("invalid configuration: field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted field name, e.g. `registrar.min_expires`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// `[node]`: identity and storage.
+    pub node: NodeSection,
+    /// `[sip]`: listeners, timers and limits.
+    pub sip: SipSection,
+    /// `[registrar]`: registration policy and digest authentication.
+    pub registrar: RegistrarSection,
+    /// `[calls]`: B2BUA policy.
+    pub calls: CallsSection,
+    /// `[pbx]`: where the PBX data comes from at first start.
+    pub pbx: PbxSection,
+    /// `[log]`: logging.
+    pub log: LogSection,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Node id within the cluster (default 1).
+    pub id: u64,
+    /// Directory of the RocksDB store and generated files (default `./data`).
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: 1,
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSection {
+    /// UDP listen addresses (default `["0.0.0.0:5060"]`).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses (default `["0.0.0.0:5060"]`; empty disables TCP).
+    pub tcp: Vec<SocketAddr>,
+    /// Host written into Via, Contact and Record-Route; empty = the local address the
+    /// kernel routes toward each peer.
+    pub advertised_host: String,
+    /// Value of the User-Agent and Server headers.
+    pub user_agent: String,
+    /// RFC 3261 T1 in milliseconds (default 500).
+    pub t1_ms: u64,
+    /// RFC 3261 T2 in milliseconds (default 4000).
+    pub t2_ms: u64,
+    /// RFC 3261 T4 in milliseconds (default 5000).
+    pub t4_ms: u64,
+    /// Most open transactions; beyond it new requests get 503 (default 100000).
+    pub max_transactions: usize,
+    /// Close a TCP connection idle this long, in seconds (default 300).
+    pub tcp_idle_timeout_secs: u64,
+    /// Most TCP connections from one IP address (default 64).
+    pub tcp_max_connections_per_ip: usize,
+    /// Most TCP connections in all (default 10000).
+    pub tcp_max_connections: usize,
+    /// Depth of the queue between the transports and the SIP core; a full queue answers 503 (default 50000).
+    pub queue_depth: usize,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        let any: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 5060));
+        SipSection {
+            udp: vec![any],
+            tcp: vec![any],
+            advertised_host: String::new(),
+            user_agent: format!("softswitch/{}", env!("CARGO_PKG_VERSION")),
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            max_transactions: 100_000,
+            tcp_idle_timeout_secs: 300,
+            tcp_max_connections_per_ip: 64,
+            tcp_max_connections: 10_000,
+            queue_depth: 50_000,
+        }
+    }
+}
+
+/// `[registrar]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarSection {
+    /// Digest realm (default `softswitch`).
+    pub realm: String,
+    /// Shortest registration accepted, seconds; shorter gets 423 (default 60).
+    pub min_expires: u32,
+    /// Longest registration granted, seconds; longer is cut to this (default 7200).
+    pub max_expires: u32,
+    /// Registration length when the phone asks for none, seconds (default 1800).
+    pub default_expires: u32,
+    /// Contacts per extension unless the extension says otherwise (default 2).
+    pub max_contacts: usize,
+    /// Lifetime of a digest nonce, seconds; older ones get `stale=true` (default 30).
+    pub nonce_ttl_secs: u64,
+    /// Digest algorithms offered, in preference order (default `["SHA-256", "MD5"]`).
+    pub algorithms: Vec<String>,
+}
+
+impl Default for RegistrarSection {
+    fn default() -> Self {
+        RegistrarSection {
+            realm: "softswitch".into(),
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 1800,
+            max_contacts: 2,
+            nonce_ttl_secs: 30,
+            algorithms: vec!["SHA-256".into(), "MD5".into()],
+        }
+    }
+}
+
+/// `[calls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsSection {
+    /// Seconds a call may ring before it is given up with 480 (default 30).
+    pub ring_timeout_secs: u64,
+    /// Most simultaneous calls; beyond it INVITEs get 503 (default 20000).
+    pub max_calls: usize,
+}
+
+impl Default for CallsSection {
+    fn default() -> Self {
+        CallsSection {
+            ring_timeout_secs: 30,
+            max_calls: 20_000,
+        }
+    }
+}
+
+/// `[pbx]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PbxSection {
+    /// YAML file loaded into the store at first start; empty = a demo PBX with
+    /// extensions 1001-1010 and generated passwords.
+    pub seed: Option<PathBuf>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// tracing filter, e.g. `info` or `node=debug` (default `info`; `RUST_LOG` overrides).
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and validates a TOML file; relative paths inside it are relative to the file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = NodeConfig::from_toml(&text)?;
+        if let Some(dir) = path.parent() {
+            if let Some(seed) = &cfg.pbx.seed {
+                if seed.is_relative() {
+                    cfg.pbx.seed = Some(dir.join(seed));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
+            return bad("sip.udp", "no UDP or TCP listener configured");
+        }
+        if self.sip.t1_ms == 0 || self.sip.t1_ms > 10_000 {
+            return bad("sip.t1_ms", "must be 1..=10000");
+        }
+        if self.sip.t2_ms < self.sip.t1_ms {
+            return bad("sip.t2_ms", "must be at least sip.t1_ms");
+        }
+        if self.sip.t4_ms == 0 {
+            return bad("sip.t4_ms", "must be positive");
+        }
+        if self.sip.max_transactions == 0 {
+            return bad("sip.max_transactions", "must be positive");
+        }
+        if self.sip.queue_depth == 0 {
+            return bad("sip.queue_depth", "must be positive");
+        }
+        if self.sip.tcp_max_connections_per_ip == 0 {
+            return bad("sip.tcp_max_connections_per_ip", "must be positive");
+        }
+        if self.sip.tcp_idle_timeout_secs == 0 {
+            return bad("sip.tcp_idle_timeout_secs", "must be positive");
+        }
+        if self.sip.advertised_host.contains(char::is_whitespace) {
+            return bad("sip.advertised_host", "must be a host name or IP address");
+        }
+        let r = &self.registrar;
+        if r.realm.is_empty() || r.realm.contains('"') {
+            return bad("registrar.realm", "must be non-empty and without quotes");
+        }
+        if r.min_expires == 0 {
+            return bad("registrar.min_expires", "must be positive");
+        }
+        if r.max_expires < r.min_expires {
+            return bad("registrar.max_expires", "must be at least registrar.min_expires");
+        }
+        if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+            return bad(
+                "registrar.default_expires",
+                "must lie between registrar.min_expires and registrar.max_expires",
+            );
+        }
+        if r.max_contacts == 0 {
+            return bad("registrar.max_contacts", "must be positive");
+        }
+        if r.nonce_ttl_secs == 0 {
+            return bad("registrar.nonce_ttl_secs", "must be positive");
+        }
+        if r.algorithms.is_empty() {
+            return bad("registrar.algorithms", "must name at least one algorithm");
+        }
+        for a in &r.algorithms {
+            if !a.eq_ignore_ascii_case("MD5") && !a.eq_ignore_ascii_case("SHA-256") {
+                return bad("registrar.algorithms", &format!("unknown algorithm {a:?} (MD5, SHA-256)"));
+            }
+        }
+        if self.calls.ring_timeout_secs == 0 {
+            return bad("calls.ring_timeout_secs", "must be positive");
+        }
+        if self.calls.max_calls == 0 {
+            return bad("calls.max_calls", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = NodeConfig::from_toml("").unwrap();
+        assert_eq!(c.sip.udp, vec!["0.0.0.0:5060".parse().unwrap()]);
+        assert_eq!(c.registrar.default_expires, 1800);
+        assert_eq!(c.registrar.max_contacts, 2);
+        assert_eq!(c.calls.ring_timeout_secs, 30);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = NodeConfig::from_toml("[sip]\nudpp = []\n").unwrap_err().to_string();
+        assert!(e.contains("udpp"), "{e}");
+        let e = NodeConfig::from_toml("[nodes]\n").unwrap_err().to_string();
+        assert!(e.contains("nodes"), "{e}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let e = NodeConfig::from_toml("[registrar]\nmin_expires = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registrar.min_expires"), "{e}");
+        let e = NodeConfig::from_toml("[sip]\nudp = [\"nonsense\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("udp"), "{e}");
+        let e = NodeConfig::from_toml("[registrar]\nalgorithms = [\"SHA-512\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registrar.algorithms"), "{e}");
+    }
+}

@@ -1,0 +1,601 @@
+//! The SIP core: one task that owns the transactions, the registrar and the calls.
+//!
+//! Transports parse in parallel and queue whole messages here; everything that changes
+//! state happens on this one task, so no locks are needed around SIP state. The core
+//! applies the RFC 3261 §8.2 checks (loop, Max-Forwards, Require, method) and dispatches
+//! REGISTER to the registrar and INVITE and in-dialog requests to the calls.
+
+use crate::calls::{Calls, CallsConfig};
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::registrar::{
+    Algorithm, DigestConfig, ExtensionLookup, Limits, Registrar, RegistrarConfig, Verdict,
+};
+use crate::routing::Directory;
+use crate::sip::message::{Method, SipMessage};
+use crate::sip::transaction::{Action, TimerConfig, TransactionLayer, TuEvent, TxKey};
+use crate::sip::transport::{reply_target, stamp_via, Inbound, Transports};
+use crate::sip::{Peer, Transport};
+use crate::store::{Command, Store};
+use bytes::Bytes;
+use rand::Rng;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Methods this node implements (the Allow header).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE, NOTIFY";
+/// Option tags this node supports (none yet; an empty Supported is valid, RFC 3261 §20.37).
+pub const SUPPORTED: &str = "";
+
+/// Local addressing: what the node writes into Via, Contact and Call-IDs.
+pub struct Local {
+    advertised: Option<String>,
+    transports: Transports,
+    route_cache: HashMap<IpAddr, IpAddr>,
+    /// Every branch this node generates starts with this, so a request that comes back
+    /// to us carrying one of our branches is a loop (482).
+    pub branch_prefix: String,
+    counter: u64,
+    /// Server / User-Agent header value.
+    pub user_agent: String,
+}
+
+impl Local {
+    fn new(cfg: &NodeConfig, transports: Transports) -> Local {
+        let token: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(8)
+            .map(char::from)
+            .collect();
+        Local {
+            advertised: (!cfg.sip.advertised_host.is_empty()).then(|| cfg.sip.advertised_host.clone()),
+            transports,
+            route_cache: HashMap::new(),
+            branch_prefix: format!("z9hG4bK{token}."),
+            counter: 0,
+            user_agent: cfg.sip.user_agent.clone(),
+        }
+    }
+
+    /// A fresh unique token (branches, tags, Call-IDs).
+    pub fn unique(&mut self) -> String {
+        self.counter += 1;
+        format!("{:x}{:08x}", self.counter, rand::random::<u32>())
+    }
+
+    /// A fresh branch carrying this node's loop-detection prefix.
+    pub fn branch(&mut self) -> String {
+        let u = self.unique();
+        format!("{}{u}", self.branch_prefix)
+    }
+
+    /// The host this node is reached at from `peer`.
+    pub fn host_for(&mut self, peer: Peer) -> String {
+        if let Some(h) = &self.advertised {
+            return h.clone();
+        }
+        let ip = match self.transports.bound_ip(peer.transport, peer.addr.is_ipv6()) {
+            Some(ip) => ip,
+            None => {
+                let remote = peer.addr.ip();
+                *self
+                    .route_cache
+                    .entry(remote)
+                    .or_insert_with(|| route_source(peer.addr).unwrap_or(remote))
+            }
+        };
+        crate::sip::message::format_host(&ip.to_string())
+    }
+
+    fn port_for(&self, peer: Peer) -> u16 {
+        self.transports.local_port(peer.transport, peer.addr.is_ipv6())
+    }
+
+    /// A Via value for a request to `peer` with this branch.
+    pub fn via(&mut self, peer: Peer, branch: &str) -> String {
+        let host = self.host_for(peer);
+        format!(
+            "SIP/2.0/{} {}:{};branch={};rport",
+            peer.transport.as_str(),
+            host,
+            self.port_for(peer),
+            branch
+        )
+    }
+
+    /// Our Contact URI (in `<>`) for a dialog with `peer`, with `user` as its user part.
+    pub fn contact(&mut self, user: &str, peer: Peer) -> String {
+        let host = self.host_for(peer);
+        let port = self.port_for(peer);
+        match peer.transport {
+            Transport::Udp => format!("<sip:{user}@{host}:{port}>"),
+            Transport::Tcp => format!("<sip:{user}@{host}:{port};transport=tcp>"),
+        }
+    }
+
+    /// Our host for URIs in From/To of requests to `peer`.
+    pub fn domain(&mut self, peer: Peer) -> String {
+        self.host_for(peer)
+    }
+}
+
+/// The local address the kernel would send from toward `to`.
+fn route_source(to: std::net::SocketAddr) -> Option<IpAddr> {
+    let bind: std::net::SocketAddr = if to.is_ipv6() {
+        "[::]:0".parse().ok()?
+    } else {
+        "0.0.0.0:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(to).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+/// What the calls (and other transaction users) use to act on the SIP side.
+pub struct SipCtx<'a> {
+    /// The transaction table.
+    pub txn: &'a mut TransactionLayer,
+    /// Actions produced, executed by the core after the handler returns.
+    pub out: &'a mut Vec<Action>,
+    /// Local addressing.
+    pub local: &'a mut Local,
+    /// The store, for CDRs.
+    pub store: &'a Store,
+    /// Counters.
+    pub metrics: &'a Metrics,
+    /// The time of the event being handled.
+    pub now: Instant,
+}
+
+impl SipCtx<'_> {
+    /// Sends a response on a server transaction.
+    pub fn respond(&mut self, key: &TxKey, mut msg: SipMessage) {
+        msg.headers.push("Server", self.local.user_agent.clone());
+        let a = self.txn.respond(key, msg, self.now);
+        self.out.extend(a);
+    }
+
+    /// Starts a client transaction.
+    pub fn request(&mut self, mut msg: SipMessage, to: Peer) -> TxKey {
+        msg.headers.push("User-Agent", self.local.user_agent.clone());
+        let (key, a) = self.txn.request(msg, to, self.now);
+        self.out.extend(a);
+        key
+    }
+
+    /// Sends a message outside any transaction (ACK for a 2xx); returns its wire form.
+    pub fn send_raw(&mut self, msg: &SipMessage, to: Peer) -> Bytes {
+        let bytes = msg.to_bytes();
+        self.out.push(Action::Send {
+            bytes: bytes.clone(),
+            to,
+        });
+        bytes
+    }
+
+    /// Re-sends bytes already built.
+    pub fn resend(&mut self, bytes: Bytes, to: Peer) {
+        self.out.push(Action::Send { bytes, to });
+    }
+
+    /// Cancels a client INVITE transaction.
+    pub fn cancel(&mut self, invite: &TxKey) {
+        if let Some((_, a)) = self.txn.cancel(invite, self.now) {
+            self.out.extend(a);
+        }
+    }
+
+    /// Appends a CDR to the store (a failure is counted and logged, never fatal).
+    pub fn write_cdr(&mut self, cdr: crate::calls::cdr::Cdr) {
+        if let Err(e) = self.store.apply(&Command::AppendCdr(cdr)) {
+            self.metrics.inc(&self.metrics.store_errors);
+            tracing::error!(error = %e, "CDR write failed");
+        }
+    }
+}
+
+/// Digest credentials check for requests other than REGISTER (INVITE: 407).
+pub enum Identity {
+    /// The caller is this extension.
+    Extension(String),
+    /// Send this challenge response.
+    Challenge(SipMessage),
+}
+
+impl ExtensionLookup for Directory {
+    fn password(&self, user: &str) -> Option<String> {
+        self.extension(user).map(|e| e.password.clone())
+    }
+    fn max_contacts(&self, user: &str) -> Option<usize> {
+        self.extension(user).and_then(|e| e.max_contacts)
+    }
+}
+
+/// Borrows the parts of a [`Core`] a transaction user needs, leaving `calls` free.
+macro_rules! ctx {
+    ($core:ident, $now:expr) => {
+        SipCtx {
+            txn: &mut $core.txn,
+            out: &mut $core.out,
+            local: &mut $core.local,
+            store: &$core.store,
+            metrics: &$core.metrics,
+            now: $now,
+        }
+    };
+}
+
+/// The SIP core task state.
+pub struct Core {
+    txn: TransactionLayer,
+    registrar: Registrar,
+    directory: Directory,
+    calls: Calls,
+    store: Arc<Store>,
+    transports: Transports,
+    metrics: Arc<Metrics>,
+    local: Local,
+    out: Vec<Action>,
+}
+
+fn unix_now(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Core {
+    /// Builds the core from the configuration and the store's current contents.
+    pub fn new(
+        cfg: &NodeConfig,
+        store: Arc<Store>,
+        transports: Transports,
+        metrics: Arc<Metrics>,
+    ) -> Result<Core, crate::store::StoreError> {
+        let timers = TimerConfig {
+            t1: Duration::from_millis(cfg.sip.t1_ms),
+            t2: Duration::from_millis(cfg.sip.t2_ms),
+            t4: Duration::from_millis(cfg.sip.t4_ms),
+        };
+        let algorithms = cfg
+            .registrar
+            .algorithms
+            .iter()
+            .filter_map(|a| Algorithm::parse(a))
+            .collect();
+        let mut registrar = Registrar::new(RegistrarConfig {
+            limits: Limits {
+                min_expires: cfg.registrar.min_expires,
+                max_expires: cfg.registrar.max_expires,
+                default_expires: cfg.registrar.default_expires,
+            },
+            max_contacts: cfg.registrar.max_contacts,
+            digest: DigestConfig {
+                realm: cfg.registrar.realm.clone(),
+                nonce_ttl: Duration::from_secs(cfg.registrar.nonce_ttl_secs),
+                algorithms,
+                ..DigestConfig::default()
+            },
+        });
+        for (aor, b) in store.bindings()? {
+            registrar.bindings.restore(&aor, b);
+        }
+        let directory = Directory::new(store.extensions()?);
+        Ok(Core {
+            txn: TransactionLayer::with_limit(timers, cfg.sip.max_transactions),
+            registrar,
+            directory,
+            calls: Calls::new(CallsConfig {
+                ring_timeout: Duration::from_secs(cfg.calls.ring_timeout_secs),
+                max_calls: cfg.calls.max_calls,
+            }),
+            store,
+            local: Local::new(cfg, transports.clone()),
+            transports,
+            metrics,
+            out: Vec::new(),
+        })
+    }
+
+    /// Runs until the inbound queue closes.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>) {
+        let mut next_sweep = Instant::now() + Duration::from_secs(1);
+        loop {
+            let deadline = [
+                self.txn.next_deadline(),
+                self.calls.next_deadline(),
+                Some(next_sweep),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_sweep);
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(m) = m else { break };
+                    self.on_inbound(m);
+                    // Drain what is already queued before looking at timers again.
+                    for _ in 0..512 {
+                        match rx.try_recv() {
+                            Ok(m) => self.on_inbound(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+            }
+            let now = Instant::now();
+            if self.txn.next_deadline().is_some_and(|d| d <= now) {
+                let a = self.txn.on_timer(now);
+                self.execute(a, now);
+            }
+            if self.calls.next_deadline().is_some_and(|d| d <= now) {
+                let mut ctx = ctx!(self, now);
+                self.calls.on_timer(&mut ctx);
+                self.flush(now);
+            }
+            if now >= next_sweep {
+                next_sweep = now + Duration::from_secs(1);
+                let changes = self.registrar.bindings.sweep(unix_now(SystemTime::now()));
+                self.persist_bindings(changes);
+            }
+        }
+    }
+
+    fn ctx(&mut self, now: Instant) -> SipCtx<'_> {
+        ctx!(self, now)
+    }
+
+    /// Handles one message from a transport.
+    pub fn on_inbound(&mut self, inbound: Inbound) {
+        let now = Instant::now();
+        let Inbound { mut msg, from } = inbound;
+        let actions = if msg.is_request() {
+            stamp_via(&mut msg, from);
+            let to = reply_target(&msg, from);
+            self.txn.on_request(msg, to, now)
+        } else {
+            self.txn.on_response(msg, from, now)
+        };
+        self.execute(actions, now);
+    }
+
+    fn execute(&mut self, actions: Vec<Action>, now: Instant) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Send { bytes, to } => self.transports.send(to, bytes),
+                Action::Deliver(ev) => {
+                    self.on_tu_event(ev, now);
+                    queue.extend(self.out.drain(..));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let out = std::mem::take(&mut self.out);
+        self.execute(out, now);
+    }
+
+    fn on_tu_event(&mut self, ev: TuEvent, now: Instant) {
+        match ev {
+            TuEvent::Request { key, msg, from } => self.on_request(key, msg, from, now),
+            TuEvent::Cancel {
+                key,
+                msg,
+                from: _,
+                invite,
+            } => {
+                let mut ctx = ctx!(self, now);
+                self.calls.on_cancel(&mut ctx, &key, &msg, invite.as_ref());
+            }
+            TuEvent::Ack { msg, from: _, invite } => {
+                let mut ctx = ctx!(self, now);
+                self.calls.on_ack(&mut ctx, &msg, invite.as_ref());
+            }
+            TuEvent::Response { key, msg, from: _ } => {
+                let mut ctx = ctx!(self, now);
+                self.calls.on_response(&mut ctx, &key, &msg);
+            }
+            TuEvent::StrayResponse { msg, from } => {
+                let mut ctx = ctx!(self, now);
+                self.calls.on_stray_response(&mut ctx, &msg, from);
+            }
+            TuEvent::Timeout { key } => {
+                let mut ctx = ctx!(self, now);
+                self.calls.on_timeout(&mut ctx, &key);
+            }
+            TuEvent::Terminated { key } => self.calls.on_terminated(&key),
+        }
+    }
+
+    fn reply(&mut self, key: &TxKey, req: &SipMessage, code: u16, reason: &str, now: Instant) {
+        let mut r = req.response(code, reason);
+        if code > 100 {
+            let tag = self.local.unique();
+            r.set_to_tag(&tag);
+        }
+        let mut ctx = self.ctx(now);
+        ctx.respond(key, r);
+    }
+
+    fn on_request(&mut self, key: TxKey, msg: SipMessage, from: Peer, now: Instant) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        // RFC 3261 §8.2.2.2 / §16.3: a request carrying one of our own branches has looped.
+        if msg
+            .headers
+            .get_all("Via")
+            .any(|v| v.contains(&self.local.branch_prefix))
+        {
+            return self.reply(&key, &msg, 482, "Loop Detected", now);
+        }
+        if msg.max_forwards() == Some(0) {
+            return self.reply(&key, &msg, 483, "Too Many Hops", now);
+        }
+        if method != Method::Cancel {
+            let required = msg.option_tags("Require");
+            let unsupported: Vec<&String> = required
+                .iter()
+                .filter(|t| !SUPPORTED.split(',').any(|s| s.trim().eq_ignore_ascii_case(t)))
+                .collect();
+            if !unsupported.is_empty() {
+                let mut r = msg.response(420, "Bad Extension");
+                r.set_to_tag(&self.local.unique());
+                r.headers.push(
+                    "Unsupported",
+                    unsupported
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+                let mut ctx = self.ctx(now);
+                return ctx.respond(&key, r);
+            }
+        }
+        let in_dialog = msg.to_tag().is_some();
+        match method {
+            Method::Register => self.on_register(key, msg, from, now),
+            Method::Options if !in_dialog => {
+                let mut r = msg.response(200, "OK");
+                r.set_to_tag(&self.local.unique());
+                r.headers.push("Allow", ALLOW);
+                r.headers.push("Accept", "application/sdp");
+                r.headers.push("Accept-Encoding", "identity");
+                r.headers.push("Accept-Language", "en");
+                r.headers.push("Supported", SUPPORTED);
+                let mut ctx = self.ctx(now);
+                ctx.respond(&key, r);
+            }
+            Method::Invite if !in_dialog => match self.identify(&msg, from, now) {
+                Identity::Challenge(r) => {
+                    let mut ctx = self.ctx(now);
+                    ctx.respond(&key, r);
+                }
+                Identity::Extension(caller) => {
+                    let mut ctx = ctx!(self, now);
+                    let bindings = &self.registrar.bindings;
+                    self.calls.on_invite(
+                        &mut ctx,
+                        key,
+                        msg,
+                        from,
+                        caller,
+                        &self.directory,
+                        |aor| bindings.lookup(aor, unix_now(SystemTime::now())),
+                    );
+                }
+            },
+            Method::Other(_) => self.reply(&key, &msg, 501, "Not Implemented", now),
+            _ if in_dialog => {
+                let mut ctx = ctx!(self, now);
+                self.calls.on_in_dialog(&mut ctx, key, msg, from);
+            }
+            Method::Bye | Method::Info | Method::Update | Method::Prack => {
+                self.reply(&key, &msg, 481, "Call/Transaction Does Not Exist", now)
+            }
+            _ => {
+                let mut r = msg.response(405, "Method Not Allowed");
+                r.set_to_tag(&self.local.unique());
+                r.headers.push("Allow", ALLOW);
+                let mut ctx = self.ctx(now);
+                ctx.respond(&key, r);
+            }
+        }
+    }
+
+    fn on_register(&mut self, key: TxKey, msg: SipMessage, from: Peer, now: Instant) {
+        let outcome = self
+            .registrar
+            .handle(&msg, from, &self.directory, SystemTime::now());
+        let ok = outcome.response.status() == Some(200);
+        if ok {
+            self.metrics.inc(&self.metrics.registrations_ok);
+        } else if msg.headers.get("Authorization").is_some() {
+            self.metrics.inc(&self.metrics.registrations_failed);
+        }
+        let mut response = outcome.response;
+        if !self.persist_bindings(outcome.changes) {
+            // The promise of a 200 is that the binding is stored; without that, refuse.
+            response = msg.response(500, "Store Unavailable");
+            response.headers.push("Retry-After", "5");
+        }
+        let mut ctx = self.ctx(now);
+        ctx.respond(&key, response);
+    }
+
+    /// Writes binding changes; false if the store refused them.
+    fn persist_bindings(&mut self, changes: Vec<crate::registrar::Change>) -> bool {
+        if changes.is_empty() {
+            return true;
+        }
+        let cmds: Vec<Command> = changes
+            .into_iter()
+            .map(|c| match c {
+                crate::registrar::Change::Upsert { aor, binding } => {
+                    Command::PutBinding { aor, binding }
+                }
+                crate::registrar::Change::Remove { aor, contact } => {
+                    Command::RemoveBinding { aor, contact }
+                }
+            })
+            .collect();
+        match self.store.apply_all(&cmds) {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.inc(&self.metrics.store_errors);
+                tracing::error!(error = %e, "binding write failed");
+                false
+            }
+        }
+    }
+
+    /// Who is calling: an extension trusted by source IP, or one proven by digest (407).
+    fn identify(&mut self, msg: &SipMessage, from: Peer, _now: Instant) -> Identity {
+        let caller = msg
+            .from_addr()
+            .and_then(|f| crate::sip::message::uri_user(&f.uri))
+            .unwrap_or_default();
+        if let Some(ext) = self.directory.extension(&caller) {
+            if ext.trusted_ips.contains(&from.addr.ip()) {
+                return Identity::Extension(caller);
+            }
+        }
+        let realm = format!("realm=\"{}\"", self.registrar.config().digest.realm);
+        let creds = msg
+            .headers
+            .get_all("Proxy-Authorization")
+            .find(|v| v.contains(&realm))
+            .or_else(|| msg.headers.get("Proxy-Authorization"));
+        let wall = SystemTime::now();
+        let verdict = match creds {
+            None => Verdict::Missing,
+            Some(c) => {
+                let dir = &self.directory;
+                self.registrar
+                    .auth
+                    .verify("INVITE", c, |u| dir.extension(u).map(|e| e.password.clone()), wall)
+            }
+        };
+        match verdict {
+            Verdict::Ok { username } if username == caller => Identity::Extension(caller),
+            Verdict::Ok { .. } => {
+                let mut r = msg.response(403, "Forbidden");
+                r.set_to_tag(&self.local.unique());
+                Identity::Challenge(r)
+            }
+            v => {
+                let mut r = msg.response(407, "Proxy Authentication Required");
+                r.set_to_tag(&self.local.unique());
+                for c in self.registrar.auth.challenge(wall, v == Verdict::Stale) {
+                    r.headers.push("Proxy-Authenticate", c);
+                }
+                Identity::Challenge(r)
+            }
+        }
+    }
+}

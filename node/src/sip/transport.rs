@@ -1,0 +1,444 @@
+//! UDP and TCP transports (RFC 3261 §18): sockets, stream framing, connection reuse.
+//!
+//! Transports parse on the receiving task, so parsing spreads over the runtime's
+//! threads, and hand whole messages to the core through one bounded queue. When the
+//! queue is full a request is answered `503` with `Retry-After` right here.
+
+use super::message::{self, frame_stream, ParseError, SipMessage, Transport, MAX_MESSAGE_SIZE};
+use super::Peer;
+use crate::metrics::Metrics;
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// What a transport hands to the core.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The parsed message.
+    pub msg: SipMessage,
+    /// Where it came from.
+    pub from: Peer,
+}
+
+/// Limits and timeouts of the transports.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// UDP listen addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Idle time after which a TCP connection is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Most TCP connections from one IP.
+    pub tcp_max_per_ip: usize,
+    /// Most TCP connections in all.
+    pub tcp_max_total: usize,
+}
+
+type ConnMap = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+
+/// Handle for sending; cheap to clone.
+#[derive(Clone)]
+pub struct Transports {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp_conns: ConnMap,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    inbound: mpsc::Sender<Inbound>,
+    metrics: Arc<Metrics>,
+    cfg: Arc<TransportConfig>,
+    /// Bound UDP addresses (ports resolved).
+    pub udp_addrs: Vec<SocketAddr>,
+    /// Bound TCP addresses (ports resolved).
+    pub tcp_addrs: Vec<SocketAddr>,
+}
+
+/// Depth of each TCP connection's outgoing queue.
+const TCP_OUT_QUEUE: usize = 1024;
+
+impl Transports {
+    /// Binds every listener and starts the receive tasks.
+    pub async fn start(
+        cfg: TransportConfig,
+        inbound: mpsc::Sender<Inbound>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Transports> {
+        let mut udp = Vec::new();
+        let mut udp_addrs = Vec::new();
+        for addr in &cfg.udp {
+            let sock = bind_udp(*addr)?;
+            udp_addrs.push(sock.local_addr()?);
+            udp.push(Arc::new(sock));
+        }
+        let mut listeners = Vec::new();
+        let mut tcp_addrs = Vec::new();
+        for addr in &cfg.tcp {
+            let l = TcpListener::bind(addr).await?;
+            tcp_addrs.push(l.local_addr()?);
+            listeners.push(l);
+        }
+        let t = Transports {
+            udp,
+            tcp_conns: Arc::default(),
+            per_ip: Arc::default(),
+            inbound,
+            metrics,
+            cfg: Arc::new(cfg),
+            udp_addrs,
+            tcp_addrs,
+        };
+        for sock in &t.udp {
+            // Two readers per socket let parsing use both cores.
+            for _ in 0..2 {
+                tokio::spawn(t.clone().udp_loop(sock.clone()));
+            }
+        }
+        for l in listeners {
+            tokio::spawn(t.clone().accept_loop(l));
+        }
+        Ok(t)
+    }
+
+    /// Port we listen on for this transport and address family (for Via/Contact).
+    pub fn local_port(&self, transport: Transport, v6: bool) -> u16 {
+        let addrs = match transport {
+            Transport::Udp => &self.udp_addrs,
+            Transport::Tcp => &self.tcp_addrs,
+        };
+        addrs
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .or(addrs.first())
+            .or(self.udp_addrs.first())
+            .map(|a| a.port())
+            .unwrap_or(5060)
+    }
+
+    /// The listening IP for this transport and family, if it is a specific one.
+    pub fn bound_ip(&self, transport: Transport, v6: bool) -> Option<IpAddr> {
+        let addrs = match transport {
+            Transport::Udp => &self.udp_addrs,
+            Transport::Tcp => &self.tcp_addrs,
+        };
+        addrs
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+    }
+
+    /// Sends bytes to a peer: UDP datagram, or the TCP connection to it (opened if needed).
+    pub fn send(&self, to: Peer, bytes: Bytes) {
+        match to.transport {
+            Transport::Udp => {
+                let sock = self
+                    .udp
+                    .iter()
+                    .find(|s| {
+                        s.local_addr()
+                            .map(|a| a.is_ipv6() == to.addr.is_ipv6())
+                            .unwrap_or(false)
+                    })
+                    .or(self.udp.first());
+                match sock {
+                    Some(s) => {
+                        if s.try_send_to(&bytes, to.addr).is_err() {
+                            self.metrics.inc(&self.metrics.udp_send_errors);
+                        }
+                    }
+                    None => self.metrics.inc(&self.metrics.udp_send_errors),
+                }
+            }
+            Transport::Tcp => self.send_tcp(to.addr, bytes),
+        }
+    }
+
+    fn send_tcp(&self, addr: SocketAddr, bytes: Bytes) {
+        let existing = self.tcp_conns.lock().ok().and_then(|m| m.get(&addr).cloned());
+        if let Some(tx) = existing {
+            if tx.try_send(bytes).is_err() {
+                self.metrics.inc(&self.metrics.tcp_send_errors);
+            }
+            return;
+        }
+        let t = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let tx = t.adopt(stream, addr);
+                    if tx.try_send(bytes).is_err() {
+                        t.metrics.inc(&t.metrics.tcp_send_errors);
+                    }
+                }
+                _ => t.metrics.inc(&t.metrics.tcp_send_errors),
+            }
+        });
+    }
+
+    async fn udp_loop(self, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; MAX_MESSAGE_SIZE + 1];
+        loop {
+            let (n, from) = match sock.recv_from(&mut buf).await {
+                Ok(v) => v,
+                Err(_) => {
+                    // ICMP errors surface here on Linux; they are not fatal.
+                    continue;
+                }
+            };
+            let data = &buf[..n];
+            if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                continue; // keep-alive
+            }
+            let peer = Peer {
+                transport: Transport::Udp,
+                addr: from,
+            };
+            if n > MAX_MESSAGE_SIZE {
+                self.metrics.inc(&self.metrics.dropped_oversize);
+                continue;
+            }
+            self.deliver(message::parse(data), peer);
+        }
+    }
+
+    fn deliver(&self, parsed: Result<SipMessage, ParseError>, from: Peer) {
+        match parsed {
+            Ok(msg) => {
+                self.metrics.inc(&self.metrics.messages_in);
+                let is_request = msg.is_request() && msg.method() != Some(&message::Method::Ack);
+                if let Err(e) = self.inbound.try_send(Inbound { msg, from }) {
+                    self.metrics.inc(&self.metrics.dropped_overload);
+                    let Inbound { msg, from } = e.into_inner();
+                    if is_request {
+                        let mut r = msg.response(503, "Service Unavailable");
+                        r.headers.push("Retry-After", "5");
+                        self.send(reply_target(&msg, from), r.to_bytes());
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.inc(&self.metrics.malformed);
+                tracing::debug!(peer = %from.addr, reason = %e.reason, "malformed message");
+                if let Some(reply) = e.reply() {
+                    let to = e
+                        .partial
+                        .as_ref()
+                        .map(|m| reply_target(m, from))
+                        .unwrap_or(from);
+                    self.send(to, reply.to_bytes());
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            let (stream, addr) = match listener.accept().await {
+                Ok(v) => v,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let total = self.tcp_conns.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+            let from_ip = self
+                .per_ip
+                .lock()
+                .map(|m| m.get(&addr.ip()).copied().unwrap_or(0))
+                .unwrap_or(usize::MAX);
+            if total >= self.cfg.tcp_max_total || from_ip >= self.cfg.tcp_max_per_ip {
+                self.metrics.inc(&self.metrics.tcp_refused);
+                drop(stream);
+                continue;
+            }
+            self.adopt(stream, addr);
+        }
+    }
+
+    /// Registers a connection for reuse and starts its reader and writer.
+    fn adopt(&self, stream: TcpStream, addr: SocketAddr) -> mpsc::Sender<Bytes> {
+        let _ = stream.set_nodelay(true);
+        let (tx, rx) = mpsc::channel::<Bytes>(TCP_OUT_QUEUE);
+        if let Ok(mut m) = self.tcp_conns.lock() {
+            m.insert(addr, tx.clone());
+        }
+        if let Ok(mut m) = self.per_ip.lock() {
+            *m.entry(addr.ip()).or_default() += 1;
+        }
+        self.metrics.tcp_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reader, writer) = stream.into_split();
+        tokio::spawn(write_loop(writer, rx));
+        let t = self.clone();
+        let pong = tx.clone();
+        tokio::spawn(async move {
+            t.read_loop(reader, addr, pong).await;
+            t.forget(addr);
+        });
+        tx
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        if let Ok(mut m) = self.tcp_conns.lock() {
+            m.remove(&addr);
+        }
+        if let Ok(mut m) = self.per_ip.lock() {
+            if let Some(n) = m.get_mut(&addr.ip()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&addr.ip());
+                }
+            }
+        }
+        self.metrics.tcp_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn read_loop(
+        &self,
+        mut reader: tokio::net::tcp::OwnedReadHalf,
+        addr: SocketAddr,
+        out: mpsc::Sender<Bytes>,
+    ) {
+        let peer = Peer {
+            transport: Transport::Tcp,
+            addr,
+        };
+        let mut buf = BytesMut::with_capacity(8192);
+        loop {
+            // Frame everything already buffered before reading more.
+            loop {
+                // RFC 5626 §4.4.1: a double CRLF ping is answered with a single CRLF pong.
+                if buf.starts_with(b"\r\n\r\n") {
+                    buf.advance(4);
+                    let _ = out.try_send(Bytes::from_static(b"\r\n"));
+                    continue;
+                }
+                if buf.starts_with(b"\r\n") && buf.len() >= 2 && !buf[2..].starts_with(b"\r\n") {
+                    buf.advance(2);
+                    continue;
+                }
+                match frame_stream(&buf) {
+                    Ok(Some(len)) => {
+                        let frame = buf.split_to(len);
+                        self.deliver(message::parse(&frame), peer);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // A stream that cannot be framed cannot be resynchronised: answer if
+                        // possible, then close.
+                        self.metrics.inc(&self.metrics.malformed);
+                        if let Err(pe) = message::parse(&buf[..buf.len().min(MAX_MESSAGE_SIZE)]) {
+                            if let Some(r) = pe.reply() {
+                                let _ = out.try_send(r.to_bytes());
+                            }
+                        } else if let Ok(m) = message::parse(&buf[..buf.len().min(MAX_MESSAGE_SIZE)]) {
+                            if m.is_request() {
+                                let _ = out.try_send(m.response(e.status, &e.reason).to_bytes());
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            }
+            let read = tokio::time::timeout(self.cfg.tcp_idle_timeout, reader.read_buf(&mut buf));
+            match read.await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    self.metrics.inc(&self.metrics.tcp_idle_closed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(b) = rx.recv().await {
+        if writer.write_all(&b).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    std_sock.set_nonblocking(true)?;
+    UdpSocket::from_std(std_sock)
+}
+
+/// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581): back over the same
+/// connection for streams; for UDP to the source IP, and to the source port when the
+/// Via asked for `rport`, else to the Via port.
+pub fn reply_target(req: &SipMessage, from: Peer) -> Peer {
+    if from.is_reliable() {
+        return from;
+    }
+    let Some(via) = req.top_via() else {
+        return from;
+    };
+    if via.has_param("rport") {
+        return from;
+    }
+    Peer {
+        transport: from.transport,
+        addr: SocketAddr::new(from.addr.ip(), via.port.unwrap_or(5060)),
+    }
+}
+
+/// Records `received` and `rport` on the top Via of a request (RFC 3261 §18.2.1, RFC 3581).
+pub fn stamp_via(req: &mut SipMessage, from: Peer) {
+    let Some(mut via) = req.top_via() else { return };
+    let ip = from.addr.ip().to_string();
+    let mut changed = false;
+    if via.host != ip {
+        via.set_param("received", Some(ip));
+        changed = true;
+    }
+    if via.has_param("rport") && via.param("rport").is_some_and(str::is_empty) {
+        via.set_param("rport", Some(from.addr.port().to_string()));
+        via.set_param("received", Some(from.addr.ip().to_string()));
+        changed = true;
+    }
+    if changed {
+        req.headers.set_first("Via", via.to_header());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(via: &str) -> SipMessage {
+        let text = format!("OPTIONS sip:a@b SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n");
+        message::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn rport_and_received() {
+        let from = Peer {
+            transport: Transport::Udp,
+            addr: "192.0.2.7:40000".parse().unwrap(),
+        };
+        let mut m = req("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1;rport");
+        stamp_via(&mut m, from);
+        let v = m.top_via().unwrap();
+        assert_eq!(v.param("received"), Some("192.0.2.7"));
+        assert_eq!(v.param("rport"), Some("40000"));
+        assert_eq!(reply_target(&m, from).addr, from.addr);
+
+        let mut m = req("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1");
+        stamp_via(&mut m, from);
+        assert_eq!(m.top_via().unwrap().param("received"), Some("192.0.2.7"));
+        assert_eq!(reply_target(&m, from).addr, "192.0.2.7:5062".parse().unwrap());
+
+        let mut m = req("SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1");
+        stamp_via(&mut m, from);
+        assert_eq!(m.top_via().unwrap().param("received"), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! The node's durable state in RocksDB, changed only through typed [`Command`]s.
+//!
+//! Every change goes through [`Store::apply`], so the consensus issue can replicate the
+//! same commands through Raft and apply them here on every member.
+
+use crate::calls::cdr::Cdr;
+use crate::registrar::bindings::Binding;
+use crate::routing::Extension;
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const CF_META: &str = "meta";
+const CF_EXTENSIONS: &str = "extensions";
+const CF_BINDINGS: &str = "bindings";
+const CF_CDRS: &str = "cdrs";
+const CFS: [&str; 4] = [CF_META, CF_EXTENSIONS, CF_BINDINGS, CF_CDRS];
+const KEY_SEEDED: &[u8] = b"seeded";
+
+/// A change to the replicated state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Command {
+    /// Create or replace an extension.
+    UpsertExtension(Extension),
+    /// Delete an extension by number.
+    DeleteExtension(String),
+    /// Add or refresh a registration binding of an address of record.
+    PutBinding {
+        /// Address of record (extension number).
+        aor: String,
+        /// The binding.
+        binding: Binding,
+    },
+    /// Remove one binding.
+    RemoveBinding {
+        /// Address of record.
+        aor: String,
+        /// Contact URI of the binding.
+        contact: String,
+    },
+    /// Append a call detail record.
+    AppendCdr(Cdr),
+    /// Record that the PBX seed was loaded, so it is never loaded twice.
+    MarkSeeded,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB failed.
+    #[error("store: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A stored value could not be decoded.
+    #[error("store: corrupt {cf} record: {reason}")]
+    Corrupt {
+        /// Column family.
+        cf: &'static str,
+        /// Decoder message.
+        reason: String,
+    },
+    /// A column family is missing (a store written by something else).
+    #[error("store: missing column family {0}")]
+    MissingCf(&'static str),
+}
+
+/// The RocksDB store of one node.
+pub struct Store {
+    db: DB,
+    next_cdr: AtomicU64,
+}
+
+fn binding_key(aor: &str, contact: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(aor.len() + contact.len() + 1);
+    k.extend_from_slice(aor.as_bytes());
+    k.push(0);
+    k.extend_from_slice(contact.as_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Store::with_db(db)
+    }
+
+    /// Opens a running node's store read-only as a RocksDB secondary (for `switchctl`).
+    pub fn open_secondary(dir: &Path, scratch: &Path) -> Result<Store, StoreError> {
+        let mut opts = Options::default();
+        opts.set_max_open_files(-1);
+        let db = DB::open_cf_as_secondary(&opts, dir, scratch, CFS)?;
+        db.try_catch_up_with_primary()?;
+        Store::with_db(db)
+    }
+
+    fn with_db(db: DB) -> Result<Store, StoreError> {
+        let cf = db.cf_handle(CF_CDRS).ok_or(StoreError::MissingCf(CF_CDRS))?;
+        let next = match db.iterator_cf(cf, IteratorMode::End).next() {
+            Some(Ok((k, _))) if k.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&k);
+                u64::from_be_bytes(b) + 1
+            }
+            _ => 1,
+        };
+        Ok(Store {
+            db,
+            next_cdr: AtomicU64::new(next),
+        })
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or(StoreError::MissingCf(name))
+    }
+
+    /// Applies one command.
+    pub fn apply(&self, cmd: &Command) -> Result<(), StoreError> {
+        self.apply_all(std::slice::from_ref(cmd))
+    }
+
+    /// Applies several commands atomically (one RocksDB write batch).
+    pub fn apply_all(&self, cmds: &[Command]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for cmd in cmds {
+            match cmd {
+                Command::UpsertExtension(e) => {
+                    batch.put_cf(self.cf(CF_EXTENSIONS)?, &e.number, encode(e))
+                }
+                Command::DeleteExtension(n) => batch.delete_cf(self.cf(CF_EXTENSIONS)?, n),
+                Command::PutBinding { aor, binding } => batch.put_cf(
+                    self.cf(CF_BINDINGS)?,
+                    binding_key(aor, &binding.contact),
+                    encode(binding),
+                ),
+                Command::RemoveBinding { aor, contact } => {
+                    batch.delete_cf(self.cf(CF_BINDINGS)?, binding_key(aor, contact))
+                }
+                Command::AppendCdr(c) => {
+                    let seq = self.next_cdr.fetch_add(1, Ordering::Relaxed);
+                    batch.put_cf(self.cf(CF_CDRS)?, seq.to_be_bytes(), encode(c))
+                }
+                Command::MarkSeeded => batch.put_cf(self.cf(CF_META)?, KEY_SEEDED, b"1"),
+            }
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// True once the PBX seed has been loaded.
+    pub fn is_seeded(&self) -> Result<bool, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META)?, KEY_SEEDED)?.is_some())
+    }
+
+    /// Every extension.
+    pub fn extensions(&self) -> Result<Vec<Extension>, StoreError> {
+        self.scan(CF_EXTENSIONS, |_, v| Ok(v))
+    }
+
+    /// Every binding with its address of record.
+    pub fn bindings(&self) -> Result<Vec<(String, Binding)>, StoreError> {
+        self.scan(CF_BINDINGS, |k, v| {
+            let aor = k.split(|b| *b == 0).next().unwrap_or_default();
+            Ok((String::from_utf8_lossy(aor).into_owned(), v))
+        })
+    }
+
+    /// Every CDR, oldest first.
+    pub fn cdrs(&self) -> Result<Vec<Cdr>, StoreError> {
+        self.scan(CF_CDRS, |_, v| Ok(v))
+    }
+
+    fn scan<T: serde::de::DeserializeOwned, R>(
+        &self,
+        cf: &'static str,
+        f: impl Fn(&[u8], T) -> Result<R, StoreError>,
+    ) -> Result<Vec<R>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                cf,
+                reason: e.to_string(),
+            })?;
+            out.push(f(&k, value)?);
+        }
+        Ok(out)
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and numbers to JSON cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
