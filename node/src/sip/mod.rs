@@ -1,6 +1,7 @@
 //! SIP stack: messages, transports, transactions and dialogs (RFC 3261).
 
 pub mod message;
+pub mod transaction;
 
 use std::net::SocketAddr;
 
