@@ -1,5 +1,6 @@
 //! SIP stack: messages, transports, transactions and dialogs (RFC 3261).
 
+pub mod dialog;
 pub mod message;
 pub mod transaction;
 
