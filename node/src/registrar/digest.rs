@@ -533,3 +533,427 @@ fn parse_nc(s: &str) -> Option<u32> {
     }
     u32::from_str_radix(s, 16).ok().filter(|n| *n > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn auth() -> DigestAuth {
+        DigestAuth::new(DigestConfig {
+            realm: "pbx.example".into(),
+            ..DigestConfig::default()
+        })
+    }
+
+    fn param(challenge: &str, name: &str) -> String {
+        parse_credentials(challenge)
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .unwrap()
+            .1
+    }
+
+    /// What a phone would send, computed independently with md-5/sha2.
+    #[allow(clippy::too_many_arguments)]
+    fn client(
+        challenge: &str,
+        alg: &str,
+        user: &str,
+        pw: &str,
+        nc: u32,
+        cnonce: &str,
+        method: &str,
+        uri: &str,
+    ) -> String {
+        let realm = param(challenge, "realm");
+        let nonce = param(challenge, "nonce");
+        let opaque = param(challenge, "opaque");
+        let h = |s: String| match alg {
+            "MD5" => hex::encode(Md5::digest(s.as_bytes())),
+            _ => hex::encode(Sha256::digest(s.as_bytes())),
+        };
+        let ha1 = h(format!("{user}:{realm}:{pw}"));
+        let ha2 = h(format!("{method}:{uri}"));
+        let resp = h(format!("{ha1}:{nonce}:{nc:08x}:{cnonce}:auth:{ha2}"));
+        format!(
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             response=\"{resp}\", algorithm={alg}, cnonce=\"{cnonce}\", opaque=\"{opaque}\", \
+             qop=auth, nc={nc:08x}"
+        )
+    }
+
+    fn pw(user: &str) -> Option<String> {
+        (user == "1001").then(|| "s3cret".to_string())
+    }
+
+    fn ok(user: &str) -> Verdict {
+        Verdict::Ok {
+            username: user.into(),
+        }
+    }
+
+    #[test]
+    fn rfc7616_vectors() {
+        let mut p = ResponseParams {
+            algorithm: Algorithm::Md5,
+            username: "Mufasa",
+            realm: "http-auth@example.org",
+            password: "Circle of Life",
+            method: "GET",
+            uri: "/dir/index.html",
+            nonce: "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+            qop: Some(QopParams {
+                qop: "auth",
+                nc: "00000001",
+                cnonce: "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+            }),
+        };
+        assert_eq!(response_hex(&p), "8ca523f5e9506fed4657c9700eebdbec");
+        p.algorithm = Algorithm::Sha256;
+        assert_eq!(
+            response_hex(&p),
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+    }
+
+    #[test]
+    fn challenge_shape() {
+        let mut a = auth();
+        let c = a.challenge(t(0), false);
+        assert_eq!(c.len(), 2);
+        assert!(c[0].starts_with("Digest realm=\"pbx.example\",nonce=\""));
+        assert!(c[0].contains("algorithm=SHA-256,qop=\"auth\""));
+        assert!(c[1].contains("algorithm=MD5"));
+        assert!(!c[0].contains("stale"));
+        assert!(a.challenge(t(0), true)[1].ends_with(",stale=true"));
+        assert_eq!(Algorithm::parse("sha-256"), Some(Algorithm::Sha256));
+        assert_eq!(Algorithm::parse("md5"), Some(Algorithm::Md5));
+        assert_eq!(Algorithm::parse("MD5-sess"), None);
+    }
+
+    #[test]
+    fn md5_and_sha256_accepted() {
+        let mut a = auth();
+        for (i, alg) in ["SHA-256", "MD5"].iter().enumerate() {
+            let c = a.challenge(t(0), false).remove(i);
+            let h = client(
+                &c,
+                alg,
+                "1001",
+                "s3cret",
+                1,
+                "abc",
+                "REGISTER",
+                "sip:pbx.example",
+            );
+            assert_eq!(a.verify("REGISTER", &h, pw, t(1)), ok("1001"), "{alg}");
+        }
+    }
+
+    #[test]
+    fn stale_forged_and_wrong() {
+        let mut a = auth();
+        let c = a.challenge(t(0), false).remove(1);
+        let h = client(
+            &c,
+            "MD5",
+            "1001",
+            "s3cret",
+            1,
+            "x",
+            "REGISTER",
+            "sip:pbx.example",
+        );
+        assert_eq!(a.verify("REGISTER", &h, pw, t(31)), Verdict::Stale);
+        // Stale needs a correct response: a wrong password on an old nonce is Failed.
+        let bad = client(
+            &c,
+            "MD5",
+            "1001",
+            "guess",
+            1,
+            "x",
+            "REGISTER",
+            "sip:pbx.example",
+        );
+        assert_eq!(a.verify("REGISTER", &bad, pw, t(31)), Verdict::Failed);
+
+        // Forged: a nonce of the right shape that we never issued, and a tampered time.
+        let nonce = param(&c, "nonce");
+        let mut forged = nonce.clone().into_bytes();
+        forged[40] = if forged[40] == b'0' { b'1' } else { b'0' };
+        let forged = String::from_utf8(forged).unwrap();
+        let fc = c.replace(&nonce, &forged);
+        let h = client(
+            &fc,
+            "MD5",
+            "1001",
+            "s3cret",
+            1,
+            "x",
+            "REGISTER",
+            "sip:pbx.example",
+        );
+        assert_eq!(a.verify("REGISTER", &h, pw, t(1)), Verdict::Failed);
+        let later = format!(
+            "{:016x}{}",
+            u64::from_str_radix(&nonce[..16], 16).unwrap() + 60_000,
+            &nonce[16..]
+        );
+        let fc = c.replace(&nonce, &later);
+        let h = client(
+            &fc,
+            "MD5",
+            "1001",
+            "s3cret",
+            1,
+            "x",
+            "REGISTER",
+            "sip:pbx.example",
+        );
+        assert_eq!(a.verify("REGISTER", &h, pw, t(40)), Verdict::Failed);
+        // Another authenticator's nonce (different secret).
+        let c2 = auth().challenge(t(0), false).remove(1);
+        let h = client(
+            &c2,
+            "MD5",
+            "1001",
+            "s3cret",
+            1,
+            "x",
+            "REGISTER",
+            "sip:pbx.example",
+        );
+        assert_eq!(a.verify("REGISTER", &h, pw, t(1)), Verdict::Failed);
+
+        // Wrong password, unknown user, wrong realm, unsupported algorithm.
+        let c = a.challenge(t(0), false).remove(1);
+        let cases = [
+            client(
+                &c,
+                "MD5",
+                "1001",
+                "nope",
+                1,
+                "x",
+                "REGISTER",
+                "sip:pbx.example",
+            ),
+            client(
+                &c,
+                "MD5",
+                "1999",
+                "s3cret",
+                1,
+                "x",
+                "REGISTER",
+                "sip:pbx.example",
+            ),
+            client(
+                &c,
+                "MD5",
+                "1001",
+                "s3cret",
+                1,
+                "x",
+                "REGISTER",
+                "sip:pbx.example",
+            )
+            .replace("realm=\"pbx.example\"", "realm=\"other\""),
+            client(
+                &c,
+                "MD5",
+                "1001",
+                "s3cret",
+                1,
+                "x",
+                "REGISTER",
+                "sip:pbx.example",
+            )
+            .replace("algorithm=MD5", "algorithm=MD5-sess"),
+            client(
+                &c,
+                "MD5",
+                "1001",
+                "s3cret",
+                1,
+                "x",
+                "REGISTER",
+                "sip:pbx.example",
+            )
+            .replace("opaque=\"", "opaque=\"0"),
+            client(
+                &c,
+                "MD5",
+                "1001",
+                "s3cret",
+                1,
+                "x",
+                "INVITE",
+                "sip:pbx.example",
+            ),
+        ];
+        for h in &cases {
+            assert_eq!(a.verify("REGISTER", h, pw, t(1)), Verdict::Failed, "{h}");
+        }
+        assert_eq!(a.verify("REGISTER", "  ", pw, t(1)), Verdict::Missing);
+    }
+
+    #[test]
+    fn unknown_user_costs_a_lookup_and_a_hash() {
+        let mut a = auth();
+        let c = a.challenge(t(0), false).remove(0);
+        let h = client(
+            &c,
+            "SHA-256",
+            "1999",
+            "x",
+            1,
+            "x",
+            "REGISTER",
+            "sip:pbx.example",
+        );
+        let mut asked = None;
+        let v = a.verify(
+            "REGISTER",
+            &h,
+            |u| {
+                asked = Some(u.to_string());
+                None
+            },
+            t(1),
+        );
+        assert_eq!(v, Verdict::Failed);
+        assert_eq!(asked.as_deref(), Some("1999"));
+    }
+
+    #[test]
+    fn nonce_count_replay() {
+        let mut a = auth();
+        let c = a.challenge(t(0), false).remove(0);
+        let mk = |nc| {
+            client(
+                &c,
+                "SHA-256",
+                "1001",
+                "s3cret",
+                nc,
+                "cn",
+                "REGISTER",
+                "sip:pbx.example",
+            )
+        };
+        assert_eq!(a.verify("REGISTER", &mk(1), pw, t(1)), ok("1001"));
+        assert_eq!(
+            a.verify("REGISTER", &mk(1), pw, t(2)),
+            Verdict::Failed,
+            "replay"
+        );
+        assert_eq!(a.verify("REGISTER", &mk(2), pw, t(3)), ok("1001"));
+        assert_eq!(a.verify("REGISTER", &mk(5), pw, t(4)), ok("1001"));
+        assert_eq!(
+            a.verify("REGISTER", &mk(3), pw, t(5)),
+            Verdict::Failed,
+            "older nc"
+        );
+        assert_eq!(a.tracked_nonces(), 1);
+        let zero = mk(1).replace("nc=00000001", "nc=00000000");
+        assert_eq!(a.verify("REGISTER", &zero, pw, t(5)), Verdict::Failed);
+    }
+
+    #[test]
+    fn rfc2069_nonce_is_single_use() {
+        let mut a = auth();
+        let c = a.challenge(t(0), false).remove(1);
+        let nonce = param(&c, "nonce");
+        let resp = response_hex(&ResponseParams {
+            algorithm: Algorithm::Md5,
+            username: "1001",
+            realm: "pbx.example",
+            password: "s3cret",
+            method: "REGISTER",
+            uri: "sip:pbx.example",
+            nonce: &nonce,
+            qop: None,
+        });
+        let h = format!(
+            "Digest username=\"1001\",realm=\"pbx.example\",nonce=\"{nonce}\",uri=\"sip:pbx.example\",response=\"{resp}\""
+        );
+        assert_eq!(a.verify("REGISTER", &h, pw, t(1)), ok("1001"));
+        assert_eq!(a.verify("REGISTER", &h, pw, t(2)), Verdict::Failed);
+    }
+
+    #[test]
+    fn tracking_table_is_bounded_and_swept() {
+        let mut a = DigestAuth::new(DigestConfig {
+            realm: "pbx.example".into(),
+            max_tracked_nonces: 2,
+            ..DigestConfig::default()
+        });
+        let cs: Vec<String> = (0..3).map(|i| a.challenge(t(i), false).remove(0)).collect();
+        let mk = |c: &str, nc| client(c, "SHA-256", "1001", "s3cret", nc, "cn", "REGISTER", "u");
+        for c in &cs {
+            assert_eq!(a.verify("REGISTER", &mk(c, 1), pw, t(5)), ok("1001"));
+        }
+        assert_eq!(a.tracked_nonces(), 2);
+        // The evicted nonce can no longer be checked for replay: re-challenge it.
+        assert_eq!(
+            a.verify("REGISTER", &mk(&cs[0], 1), pw, t(6)),
+            Verdict::Stale
+        );
+        assert_eq!(a.verify("REGISTER", &mk(&cs[1], 2), pw, t(6)), ok("1001"));
+        // Once they expire, use sweeps them away.
+        assert_eq!(
+            a.verify("REGISTER", "Digest x=y", pw, t(100)),
+            Verdict::Failed
+        );
+        assert_eq!(a.tracked_nonces(), 0);
+    }
+
+    #[test]
+    fn credentials_parser() {
+        let p = parse_credentials(
+            "digest  URI=\"sip:a, b\" ,response=abc,username=\"x\\\"y\",, REALM = \"r\"",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("uri".into(), "sip:a, b".into()),
+                ("response".into(), "abc".into()),
+                ("username".into(), "x\"y".into()),
+                ("realm".into(), "r".into()),
+            ]
+        );
+        for bad in [
+            "",
+            "Digest",
+            "Basic dXNlcjpwYXNz",
+            "Digest username=\"unterminated",
+            "Digest username=",
+            "Digest =x",
+            "Digest a=b c=d",
+            "Digest a=b, a=c",
+            "Digest a=b\"c\"",
+            "Digest \u{e9}=1",
+        ] {
+            assert!(parse_credentials(bad).is_none(), "{bad:?}");
+        }
+        let long = format!("Digest a=\"{}\"", "x".repeat(5000));
+        assert!(parse_credentials(&long).is_none());
+        let mut a = auth();
+        for junk in [
+            "Digest",
+            "Digest a=\"",
+            "\u{0}\u{ff}",
+            "Digest nonce=zz,username=1001",
+        ] {
+            assert_eq!(a.verify("REGISTER", junk, pw, t(0)), Verdict::Failed);
+        }
+    }
+}
