@@ -446,3 +446,311 @@ impl BindingTable {
         Ok((self.lookup(aor, now_unix), changes))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::parse;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn peer(port: u16) -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: SocketAddr::from(([192, 0, 2, 10], port)),
+        }
+    }
+
+    fn register(call_id: &str, cseq: u32, extra: &[&str]) -> SipMessage {
+        let mut s = format!(
+            "REGISTER sip:pbx.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{cseq}\r\n\
+             From: <sip:1001@pbx.example>;tag=f\r\nTo: <sip:1001@pbx.example>\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n"
+        );
+        for h in extra {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        parse(s.as_bytes()).unwrap()
+    }
+
+    fn apply(
+        t: &mut BindingTable,
+        req: &SipMessage,
+        now: u64,
+    ) -> Result<(Vec<Binding>, Vec<Change>), RegisterError> {
+        t.apply("1001", req, peer(5060), 2, &Limits::default(), now)
+    }
+
+    #[test]
+    fn expiry_default_clamp_and_too_brief() {
+        let mut t = BindingTable::new();
+        let (b, ch) = apply(
+            &mut t,
+            &register("c", 1, &["Contact: <sip:1001@192.0.2.10>"]),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(b[0].expires_at, NOW + 1800);
+        assert!(matches!(&ch[..], [Change::Upsert { .. }]));
+        let (b, _) = apply(
+            &mut t,
+            &register(
+                "c",
+                2,
+                &["Contact: <sip:1001@192.0.2.10>", "Expires: 99999999999"],
+            ),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(b[0].expires_at, NOW + 7200);
+        let (b, _) = apply(
+            &mut t,
+            &register(
+                "c",
+                3,
+                &[
+                    "Contact: <sip:1001@192.0.2.10>;expires=300",
+                    "Expires: 7000",
+                ],
+            ),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            b[0].expires_at,
+            NOW + 300,
+            "contact param wins over the header"
+        );
+        let e = apply(
+            &mut t,
+            &register("c", 4, &["Contact: <sip:1001@192.0.2.10>;expires=30"]),
+            NOW,
+        );
+        assert_eq!(e, Err(RegisterError::IntervalTooBrief { min: 60 }));
+        // Nothing applied when one contact of several is too brief.
+        let e = apply(
+            &mut t,
+            &register(
+                "c",
+                5,
+                &["Contact: <sip:a@192.0.2.11>, <sip:1001@192.0.2.10>;expires=1"],
+            ),
+            NOW,
+        );
+        assert_eq!(e, Err(RegisterError::IntervalTooBrief { min: 60 }));
+        assert_eq!(t.lookup("1001", NOW).len(), 1);
+        assert_eq!(t.lookup("1001", NOW)[0].expires_at, NOW + 300);
+    }
+
+    #[test]
+    fn contact_limit_allows_refresh() {
+        let mut t = BindingTable::new();
+        let c = |n| format!("Contact: <sip:1001@192.0.2.{n}>");
+        apply(&mut t, &register("a", 1, &[&c(1)]), NOW).unwrap();
+        apply(&mut t, &register("b", 1, &[&c(2)]), NOW).unwrap();
+        let e = apply(&mut t, &register("c", 1, &[&c(3)]), NOW);
+        assert_eq!(e, Err(RegisterError::TooManyContacts));
+        let (b, _) = apply(&mut t, &register("a", 2, &[&c(1)]), NOW + 10).unwrap();
+        assert_eq!(b.len(), 2);
+        // Replacing one contact by another in the same request stays within the limit.
+        let r = register("a", 3, &[&format!("{};expires=0", c(1)), &c(3)]);
+        let (b, ch) = apply(&mut t, &r, NOW + 20).unwrap();
+        assert_eq!(b.len(), 2);
+        assert!(ch.contains(&Change::Remove {
+            aor: "1001".into(),
+            contact: "sip:1001@192.0.2.1".into()
+        }));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn wildcard() {
+        let mut t = BindingTable::new();
+        apply(
+            &mut t,
+            &register(
+                "a",
+                1,
+                &["Contact: <sip:1001@192.0.2.1>, <sip:1001@192.0.2.2>"],
+            ),
+            NOW,
+        )
+        .unwrap();
+        for bad in [
+            &["Contact: *"][..],
+            &["Contact: *", "Expires: 60"],
+            &["Contact: *", "Contact: <sip:1001@192.0.2.1>", "Expires: 0"],
+            &["Contact: *, <sip:1001@192.0.2.1>", "Expires: 0"],
+        ] {
+            assert_eq!(
+                apply(&mut t, &register("z", 1, bad), NOW),
+                Err(RegisterError::WildcardMisuse)
+            );
+        }
+        // Same Call-ID, old CSeq: out of order even for a wildcard.
+        let e = apply(
+            &mut t,
+            &register("a", 1, &["Contact: *", "Expires: 0"]),
+            NOW,
+        );
+        assert_eq!(e, Err(RegisterError::OutOfOrder));
+        let (b, ch) = apply(
+            &mut t,
+            &register("a", 2, &["Contact: *", "Expires: 0"]),
+            NOW,
+        )
+        .unwrap();
+        assert!(b.is_empty());
+        assert_eq!(ch.len(), 2);
+        assert!(ch.iter().all(|c| matches!(c, Change::Remove { .. })));
+        assert_eq!(t.len(), 0);
+        assert!(t.sweep(NOW + 100_000).is_empty(), "index cleaned too");
+    }
+
+    #[test]
+    fn query_q_order_and_bad_contacts() {
+        let mut t = BindingTable::new();
+        let r = register(
+            "a",
+            1,
+            &["Contact: <sip:1001@192.0.2.1>;q=0.2, <sip:1001@192.0.2.2>;q=0.9"],
+        );
+        apply(&mut t, &r, NOW).unwrap();
+        let (b, ch) = apply(&mut t, &register("a", 2, &[]), NOW + 5).unwrap();
+        assert!(ch.is_empty());
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].contact, "sip:1001@192.0.2.2");
+        assert_eq!(b[1].q, 0.2);
+        for bad in [
+            "Contact: <sip:1001@192.0.2.3>;q=1.5",
+            "Contact: <sip:1001@192.0.2.3>;q=abc",
+            "Contact: <sip:1001@192.0.2.3>;q=nan",
+            "Contact: <sip:1001@192.0.2.3>;expires=-1",
+            "Contact: <>",
+            "Contact: <http://x>",
+        ] {
+            assert_eq!(
+                apply(&mut t, &register("a", 9, &[bad]), NOW),
+                Err(RegisterError::BadContact),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_order_and_new_call_id() {
+        let mut t = BindingTable::new();
+        let c = "Contact: <sip:1001@192.0.2.1>";
+        apply(&mut t, &register("a", 5, &[c]), NOW).unwrap();
+        assert_eq!(
+            apply(&mut t, &register("a", 5, &[c]), NOW),
+            Err(RegisterError::OutOfOrder)
+        );
+        assert_eq!(
+            apply(&mut t, &register("a", 4, &[c]), NOW),
+            Err(RegisterError::OutOfOrder)
+        );
+        // A rebooted phone (new Call-ID) may start again at CSeq 1.
+        let (b, ch) = apply(&mut t, &register("b", 1, &[c]), NOW).unwrap();
+        assert_eq!(b[0].call_id, "b");
+        assert_eq!(ch.len(), 1, "new Call-ID is replicated");
+    }
+
+    #[test]
+    fn refreshes_are_not_all_replicated() {
+        let mut t = BindingTable::new();
+        let c = "Contact: <sip:1001@192.0.2.1>;expires=3600";
+        let (_, ch) = apply(&mut t, &register("a", 1, &[c]), NOW).unwrap();
+        assert_eq!(ch.len(), 1);
+        // Refresh at half time: the replica still holds it for a half lifetime.
+        let (b, ch) = apply(&mut t, &register("a", 2, &[c]), NOW + 1800).unwrap();
+        assert!(ch.is_empty());
+        assert_eq!(b[0].expires_at, NOW + 5400, "extended locally");
+        // Next refresh: the replicated expiry (NOW+3600) is too close: replicate.
+        let (_, ch) = apply(&mut t, &register("a", 3, &[c]), NOW + 3600).unwrap();
+        assert!(
+            matches!(&ch[..], [Change::Upsert { binding, .. }] if binding.expires_at == NOW + 7200)
+        );
+        // A moved phone (new source) is replicated at once.
+        let (_, ch) = t
+            .apply(
+                "1001",
+                &register("a", 4, &[c]),
+                peer(6000),
+                2,
+                &Limits::default(),
+                NOW + 3601,
+            )
+            .unwrap();
+        assert_eq!(ch.len(), 1);
+    }
+
+    #[test]
+    fn sweep_restore_and_serde() {
+        let mut t = BindingTable::new();
+        apply(
+            &mut t,
+            &register("a", 1, &["Contact: <sip:1001@192.0.2.1>;expires=60"]),
+            NOW,
+        )
+        .unwrap();
+        apply(
+            &mut t,
+            &register("a", 2, &["Contact: <sip:1001@192.0.2.2>;expires=120"]),
+            NOW,
+        )
+        .unwrap();
+        assert!(t.sweep(NOW + 59).is_empty());
+        assert_eq!(
+            t.lookup("1001", NOW + 60).len(),
+            1,
+            "expired is not looked up"
+        );
+        let ch = t.sweep(NOW + 60);
+        assert_eq!(
+            ch,
+            vec![Change::Remove {
+                aor: "1001".into(),
+                contact: "sip:1001@192.0.2.1".into()
+            }]
+        );
+        assert_eq!(t.len(), 1);
+        let b = t.lookup("1001", NOW)[0].clone();
+        let json = serde_json::to_string(&b).unwrap();
+        assert!(json.contains("\"transport\":\"UDP\""), "{json}");
+        assert!(json.contains("\"addr\":\"192.0.2.10:5060\""), "{json}");
+        let back: Binding = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, b);
+        let mut t2 = BindingTable::new();
+        t2.restore("1001", back.clone());
+        t2.restore("1001", back);
+        assert_eq!(t2.len(), 1);
+        assert_eq!(t2.sweep(NOW + 120).len(), 1);
+        assert!(t2.is_empty());
+        assert!(serde_json::from_str::<Binding>(&json.replace("UDP", "SCTP")).is_err());
+    }
+
+    #[test]
+    fn expired_unswept_binding_is_replaced_and_removed() {
+        let mut t = BindingTable::new();
+        apply(
+            &mut t,
+            &register("a", 1, &["Contact: <sip:1001@192.0.2.1>;expires=60"]),
+            NOW,
+        )
+        .unwrap();
+        // Past expiry but not swept: a new registration of another contact drops it.
+        let (b, ch) = apply(
+            &mut t,
+            &register("b", 1, &["Contact: <sip:1001@192.0.2.2>"]),
+            NOW + 61,
+        )
+        .unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(ch.len(), 2);
+        assert_eq!(t.len(), 1);
+        assert!(t.sweep(NOW + 100).is_empty());
+    }
+}
