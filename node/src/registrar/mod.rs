@@ -198,3 +198,300 @@ impl Registrar {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::digest::{response_hex, QopParams, ResponseParams};
+    use super::*;
+    use crate::sip::message::parse;
+    use crate::sip::Transport;
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    struct Exts(HashMap<&'static str, &'static str>);
+
+    impl ExtensionLookup for Exts {
+        fn password(&self, user: &str) -> Option<String> {
+            self.0.get(user).map(|p| p.to_string())
+        }
+        fn max_contacts(&self, _user: &str) -> Option<usize> {
+            None
+        }
+    }
+
+    fn exts() -> Exts {
+        Exts(HashMap::from([("1001", "s3cret"), ("1002", "other")]))
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn src() -> Peer {
+        Peer {
+            transport: Transport::Udp,
+            addr: SocketAddr::from(([192, 0, 2, 10], 5060)),
+        }
+    }
+
+    fn registrar() -> Registrar {
+        Registrar::new(RegistrarConfig {
+            digest: DigestConfig {
+                realm: "pbx.example".into(),
+                ..DigestConfig::default()
+            },
+            ..RegistrarConfig::default()
+        })
+    }
+
+    fn register(to: &str, cseq: u32, extra: &[String]) -> SipMessage {
+        let mut s = format!(
+            "REGISTER sip:pbx.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{cseq}\r\n\
+             From: <sip:{to}@pbx.example>;tag=f\r\nTo: <sip:{to}@pbx.example>\r\n\
+             Call-ID: call-{to}\r\nCSeq: {cseq} REGISTER\r\n"
+        );
+        for h in extra {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        parse(s.as_bytes()).unwrap()
+    }
+
+    fn nonce_of(r: &SipMessage) -> String {
+        let c = r.headers.get("WWW-Authenticate").unwrap();
+        let i = c.find("nonce=\"").unwrap() + 7;
+        c[i..i + c[i..].find('"').unwrap()].to_string()
+    }
+
+    fn authorization(user: &str, pw: &str, nonce: &str, nc: u32) -> String {
+        let nc = format!("{nc:08x}");
+        let resp = response_hex(&ResponseParams {
+            algorithm: Algorithm::Sha256,
+            username: user,
+            realm: "pbx.example",
+            password: pw,
+            method: "REGISTER",
+            uri: "sip:pbx.example",
+            nonce,
+            qop: Some(QopParams {
+                qop: "auth",
+                nc: &nc,
+                cnonce: "c0ffee",
+            }),
+        });
+        format!(
+            "Authorization: Digest username=\"{user}\",realm=\"pbx.example\",nonce=\"{nonce}\",\
+             uri=\"sip:pbx.example\",response=\"{resp}\",algorithm=SHA-256,qop=auth,nc={nc},cnonce=\"c0ffee\""
+        )
+    }
+
+    /// Drives the challenge round and returns the authenticated request's outcome.
+    fn authed(
+        r: &mut Registrar,
+        user: &str,
+        cseq: u32,
+        extra: &[&str],
+        now: SystemTime,
+    ) -> Outcome {
+        let first = r.handle(&register(user, cseq, &[]), src(), &exts(), now);
+        assert_eq!(first.response.status(), Some(401));
+        let nonce = nonce_of(&first.response);
+        let mut h: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        h.push(authorization(
+            user,
+            exts().password(user).as_deref().unwrap_or("x"),
+            &nonce,
+            1,
+        ));
+        r.handle(&register(user, cseq + 1, &h), src(), &exts(), now)
+    }
+
+    fn shape(m: &SipMessage) -> (Option<u16>, Vec<String>) {
+        let names = m.headers.iter().map(|h| h.name.clone()).collect();
+        (m.status(), names)
+    }
+
+    #[test]
+    fn challenge_then_200_with_contacts_and_date() {
+        let mut r = registrar();
+        let o = r.handle(&register("1001", 1, &[]), src(), &exts(), at(0));
+        assert_eq!(o.response.status(), Some(401));
+        assert_eq!(o.response.headers.get_all("WWW-Authenticate").count(), 2);
+        assert!(o.response.to_tag().is_some());
+        assert!(o.changes.is_empty());
+
+        let o = authed(
+            &mut r,
+            "1001",
+            1,
+            &["Contact: <sip:1001@192.0.2.10:5060>;expires=600"],
+            at(0),
+        );
+        assert_eq!(o.response.status(), Some(200));
+        assert_eq!(
+            o.response.headers.get("Contact"),
+            Some("<sip:1001@192.0.2.10:5060>;expires=600")
+        );
+        assert_eq!(
+            o.response.headers.get("Date"),
+            Some("Tue, 14 Nov 2023 22:13:20 GMT")
+        );
+        assert!(o.response.to_tag().is_some());
+        assert_eq!(o.changes.len(), 1);
+        assert_eq!(r.bindings.len(), 1);
+
+        // Query 100 s later lists the remaining time.
+        let o = authed(&mut r, "1001", 10, &[], at(100));
+        assert_eq!(o.response.status(), Some(200));
+        assert_eq!(
+            o.response.headers.get("Contact"),
+            Some("<sip:1001@192.0.2.10:5060>;expires=500")
+        );
+        assert!(o.changes.is_empty());
+    }
+
+    #[test]
+    fn unknown_user_and_wrong_password_look_the_same() {
+        let mut r = registrar();
+        let n1 = nonce_of(
+            &r.handle(&register("1001", 1, &[]), src(), &exts(), at(0))
+                .response,
+        );
+        let n2 = nonce_of(
+            &r.handle(&register("1999", 1, &[]), src(), &exts(), at(0))
+                .response,
+        );
+        let wrong = r.handle(
+            &register("1001", 2, &[authorization("1001", "bad", &n1, 1)]),
+            src(),
+            &exts(),
+            at(1),
+        );
+        let unknown = r.handle(
+            &register("1999", 2, &[authorization("1999", "bad", &n2, 1)]),
+            src(),
+            &exts(),
+            at(1),
+        );
+        assert_eq!(wrong.response.status(), Some(401));
+        assert_eq!(shape(&wrong.response), shape(&unknown.response));
+        // Only the user, the fresh nonce and the random tag differ.
+        let norm = |m: &SipMessage, user: &str| {
+            let s = String::from_utf8(m.to_bytes().to_vec()).unwrap();
+            let s = s
+                .replace(&nonce_of(m), "N")
+                .replace(&m.to_tag().unwrap(), "T");
+            s.replace(user, "U")
+        };
+        assert_eq!(
+            norm(&wrong.response, "1001"),
+            norm(&unknown.response, "1999")
+        );
+    }
+
+    #[test]
+    fn stale_nonce_rechallenges_with_stale_true() {
+        let mut r = registrar();
+        let n = nonce_of(
+            &r.handle(&register("1001", 1, &[]), src(), &exts(), at(0))
+                .response,
+        );
+        let o = r.handle(
+            &register("1001", 2, &[authorization("1001", "s3cret", &n, 1)]),
+            src(),
+            &exts(),
+            at(60),
+        );
+        assert_eq!(o.response.status(), Some(401));
+        assert!(o
+            .response
+            .headers
+            .get("WWW-Authenticate")
+            .unwrap()
+            .ends_with("stale=true"));
+    }
+
+    #[test]
+    fn other_users_credentials_are_forbidden() {
+        let mut r = registrar();
+        let n = nonce_of(
+            &r.handle(&register("1001", 1, &[]), src(), &exts(), at(0))
+                .response,
+        );
+        let o = r.handle(
+            &register("1001", 2, &[authorization("1002", "other", &n, 1)]),
+            src(),
+            &exts(),
+            at(1),
+        );
+        assert_eq!(o.response.status(), Some(403));
+    }
+
+    #[test]
+    fn error_answers() {
+        let mut r = registrar();
+        let o = authed(
+            &mut r,
+            "1001",
+            1,
+            &["Contact: <sip:1001@192.0.2.10>;expires=10"],
+            at(0),
+        );
+        assert_eq!(o.response.status(), Some(423));
+        assert_eq!(o.response.headers.get("Min-Expires"), Some("60"));
+
+        let o = authed(&mut r, "1001", 3, &["Contact: *"], at(0));
+        assert_eq!(o.response.status(), Some(400));
+
+        for (i, ip) in [1, 2].iter().enumerate() {
+            let c = format!("Contact: <sip:1001@192.0.2.{ip}>");
+            let o = authed(&mut r, "1001", 10 + 2 * i as u32, &[&c], at(0));
+            assert_eq!(o.response.status(), Some(200));
+        }
+        let o = authed(
+            &mut r,
+            "1001",
+            20,
+            &["Contact: <sip:1001@192.0.2.3>"],
+            at(0),
+        );
+        assert_eq!(o.response.status(), Some(403));
+        let o = authed(
+            &mut r,
+            "1001",
+            22,
+            &["Contact: <sip:1001@192.0.2.1>"],
+            at(0),
+        );
+        assert_eq!(
+            o.response.status(),
+            Some(200),
+            "refresh at the limit is fine"
+        );
+        assert_eq!(o.response.headers.get_all("Contact").count(), 2);
+
+        // Same Call-ID, lower CSeq than stored.
+        let o = authed(&mut r, "1001", 5, &["Contact: <sip:1001@192.0.2.1>"], at(0));
+        assert_eq!(o.response.status(), Some(500));
+
+        let o = authed(&mut r, "1001", 30, &["Contact: *", "Expires: 0"], at(0));
+        assert_eq!(o.response.status(), Some(200));
+        assert_eq!(o.response.headers.get("Contact"), None);
+        assert_eq!(o.changes.len(), 2);
+        assert_eq!(r.bindings.len(), 0);
+
+        let o = r.handle(
+            &register("1001", 40, &["Contact: <sip:1001@192.0.2.1>;q=7".into()]),
+            src(),
+            &exts(),
+            at(0),
+        );
+        assert_eq!(
+            o.response.status(),
+            Some(401),
+            "auth comes before contact checks"
+        );
+    }
+}
