@@ -321,10 +321,8 @@ impl BindingTable {
 
         // Step 6: wildcard.
         let wildcard = raw.iter().any(|v| v.trim_start().starts_with('*'));
-        if wildcard {
-            if raw.len() != 1 || raw[0].trim() != "*" || header_expires != Some(0) {
-                return Err(RegisterError::WildcardMisuse);
-            }
+        if wildcard && (raw.len() != 1 || raw[0].trim() != "*" || header_expires != Some(0)) {
+            return Err(RegisterError::WildcardMisuse);
         }
 
         // Step 6 continued: parse every contact and its expiry before touching state.

@@ -440,10 +440,10 @@ impl DigestAuth {
             }
         };
         ok &= realm == self.cfg.realm;
-        ok &= get("userhash").map_or(true, |v| v.eq_ignore_ascii_case("false"));
+        ok &= get("userhash").is_none_or(|v| v.eq_ignore_ascii_case("false"));
         // Clients must echo opaque; tolerate its absence (RFC 2617 made it optional)
         // but never a different value.
-        ok &= get("opaque").map_or(true, |o| ct_eq(o.as_bytes(), self.opaque.as_bytes()));
+        ok &= get("opaque").is_none_or(|o| ct_eq(o.as_bytes(), self.opaque.as_bytes()));
         let id = self.open_nonce(nonce);
         ok &= id.is_some();
         let qop = match get("qop") {
