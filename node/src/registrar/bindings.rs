@@ -53,6 +53,7 @@ mod peer_serde {
         addr: SocketAddr,
     }
 
+    /// Writes a Peer as its transport token and socket address.
     pub fn serialize<S: serde::Serializer>(p: &Peer, s: S) -> Result<S::Ok, S::Error> {
         PeerRepr {
             transport: p.transport.as_str().to_string(),
@@ -61,6 +62,7 @@ mod peer_serde {
         .serialize(s)
     }
 
+    /// Reads a Peer back; an unknown transport is an error, not a default.
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Peer, D::Error> {
         let r = PeerRepr::deserialize(d)?;
         let transport = if r.transport.eq_ignore_ascii_case("UDP") {

@@ -153,6 +153,9 @@ impl Registrar {
             return self.simple(req, 400, "Bad To");
         };
 
+        // The digest `uri` is hashed but not compared with the Request-URI: phones
+        // differ in how they write it (with or without port/params), and the nonce
+        // and nc checks already stop reuse of the credentials elsewhere.
         let verdict = match self.credentials(req) {
             None => Verdict::Missing,
             Some(v) => self.auth.verify("REGISTER", v, |u| ext.password(u), now),
@@ -215,8 +218,8 @@ mod tests {
         fn password(&self, user: &str) -> Option<String> {
             self.0.get(user).map(|p| p.to_string())
         }
-        fn max_contacts(&self, _user: &str) -> Option<usize> {
-            None
+        fn max_contacts(&self, user: &str) -> Option<usize> {
+            (user == "1002").then_some(1)
         }
     }
 
@@ -411,6 +414,15 @@ mod tests {
             .get("WWW-Authenticate")
             .unwrap()
             .ends_with("stale=true"));
+    }
+
+    #[test]
+    fn per_extension_contact_limit() {
+        let mut r = registrar();
+        let o = authed(&mut r, "1002", 1, &["Contact: <sip:1002@192.0.2.1>"], at(0));
+        assert_eq!(o.response.status(), Some(200));
+        let o = authed(&mut r, "1002", 3, &["Contact: <sip:1002@192.0.2.2>"], at(0));
+        assert_eq!(o.response.status(), Some(403));
     }
 
     #[test]
