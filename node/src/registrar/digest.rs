@@ -271,6 +271,9 @@ pub struct DigestAuth {
     /// Highest nonce evicted for lack of room: an untracked nonce at or below it may
     /// have been used already, so it is answered `Stale` rather than trusted.
     evicted_floor: Option<NonceId>,
+    /// Counters for /metrics: replayed nonce-counts refused, entries evicted for room.
+    replays: u64,
+    evictions: u64,
 }
 
 impl std::fmt::Debug for DigestAuth {
@@ -306,6 +309,8 @@ impl DigestAuth {
             rng,
             seen: BTreeMap::new(),
             evicted_floor: None,
+            replays: 0,
+            evictions: 0,
         }
     }
 
@@ -317,6 +322,16 @@ impl DigestAuth {
     /// Number of nonces currently tracked for replay protection.
     pub fn tracked_nonces(&self) -> usize {
         self.seen.len()
+    }
+
+    /// Credentials refused because their nonce-count (or single-use nonce) was reused.
+    pub fn replays(&self) -> u64 {
+        self.replays
+    }
+
+    /// Tracking entries dropped because the table was full (their nonces turn stale).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     fn nonce_mac(&self, id: NonceId) -> [u8; 16] {
@@ -497,6 +512,7 @@ impl DigestAuth {
                 // Seen before: only a strictly higher nc (qop) is fresh; a no-qop
                 // nonce is single use, and a spent one is stored as u32::MAX.
                 if qop.is_none() || nc <= *last {
+                    self.replays += 1;
                     return Verdict::Failed;
                 }
                 *last = nc;
@@ -510,6 +526,7 @@ impl DigestAuth {
                 while self.seen.len() >= self.cfg.max_tracked_nonces.max(1) {
                     match self.seen.pop_first() {
                         Some((old, _)) => {
+                            self.evictions += 1;
                             self.evicted_floor =
                                 Some(self.evicted_floor.map_or(old, |f| f.max(old)))
                         }
@@ -862,6 +879,7 @@ mod tests {
             "older nc"
         );
         assert_eq!(a.tracked_nonces(), 1);
+        assert_eq!(a.replays(), 2);
         let zero = mk(1).replace("nc=00000001", "nc=00000000");
         assert_eq!(a.verify("REGISTER", &zero, pw, t(5)), Verdict::Failed);
     }
@@ -886,6 +904,7 @@ mod tests {
         );
         assert_eq!(a.verify("REGISTER", &h, pw, t(1)), ok("1001"));
         assert_eq!(a.verify("REGISTER", &h, pw, t(2)), Verdict::Failed);
+        assert_eq!(a.replays(), 1);
     }
 
     #[test]
@@ -901,6 +920,7 @@ mod tests {
             assert_eq!(a.verify("REGISTER", &mk(c, 1), pw, t(5)), ok("1001"));
         }
         assert_eq!(a.tracked_nonces(), 2);
+        assert_eq!(a.evictions(), 1);
         // The evicted nonce can no longer be checked for replay: re-challenge it.
         assert_eq!(
             a.verify("REGISTER", &mk(&cs[0], 1), pw, t(6)),
