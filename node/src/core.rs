@@ -106,6 +106,12 @@ impl Local {
         )
     }
 
+    /// A Via value with a fresh branch, for a request to `peer`.
+    pub fn new_via(&mut self, peer: Peer) -> String {
+        let branch = self.branch();
+        self.via(peer, &branch)
+    }
+
     /// Our Contact URI (in `<>`) for a dialog with `peer`, with `user` as its user part.
     pub fn contact(&mut self, user: &str, peer: Peer) -> String {
         let host = self.host_for(peer);

@@ -541,10 +541,10 @@ impl Calls {
         let Some(mut d) = Dialog::uac(invite, resp, &contact) else {
             return;
         };
-        let via = ctx.local.via(peer, &ctx.local.branch());
+        let via = ctx.local.new_via(peer);
         let ack = d.ack_for(1, &via);
         ctx.send_raw(&ack, peer);
-        let via = ctx.local.via(peer, &ctx.local.branch());
+        let via = ctx.local.new_via(peer);
         let bye = d.request(Method::Bye, &via);
         self.fire(ctx, id, bye, peer);
     }
@@ -620,7 +620,7 @@ impl Calls {
         let Some(peer) = call.peer(owed_side) else {
             return;
         };
-        let via = ctx.local.via(peer, &ctx.local.branch());
+        let via = ctx.local.new_via(peer);
         let Some(d) = call.dialog(owed_side) else {
             return;
         };
@@ -692,7 +692,7 @@ impl Calls {
                 let other = side.other();
                 if let (Some(peer), Some(d)) = (call.peer(other), call.dialog(other).cloned()) {
                     let mut d = d;
-                    let via = ctx.local.via(peer, &ctx.local.branch());
+                    let via = ctx.local.new_via(peer);
                     let mut bye = d.request(Method::Bye, &via);
                     bye.headers.push("Reason", "Q.850;cause=16;text=\"Normal Clearing\"");
                     if let Some(slot) = call.dialog(other) {
@@ -712,7 +712,7 @@ impl Calls {
                 let Some(peer) = call.peer(other) else {
                     return ctx.respond(&key, msg.response(481, "Call/Transaction Does Not Exist"));
                 };
-                let via = ctx.local.via(peer, &ctx.local.branch());
+                let via = ctx.local.new_via(peer);
                 let Some(d) = call.dialog(other) else {
                     return ctx.respond(&key, msg.response(481, "Call/Transaction Does Not Exist"));
                 };
@@ -796,7 +796,7 @@ impl Calls {
             let (Some(peer), Some(d)) = (call.peer(side), call.dialog(side)) else {
                 continue;
             };
-            let via = ctx.local.via(peer, &ctx.local.branch());
+            let via = ctx.local.new_via(peer);
             let bye = d.request(Method::Bye, &via);
             self.fire(ctx, id, bye, peer);
         }
