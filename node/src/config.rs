@@ -217,7 +217,8 @@ impl NodeConfig {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
-        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg: NodeConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -265,7 +266,10 @@ impl NodeConfig {
             return bad("registrar.min_expires", "must be positive");
         }
         if r.max_expires < r.min_expires {
-            return bad("registrar.max_expires", "must be at least registrar.min_expires");
+            return bad(
+                "registrar.max_expires",
+                "must be at least registrar.min_expires",
+            );
         }
         if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             return bad(
@@ -284,7 +288,10 @@ impl NodeConfig {
         }
         for a in &r.algorithms {
             if !a.eq_ignore_ascii_case("MD5") && !a.eq_ignore_ascii_case("SHA-256") {
-                return bad("registrar.algorithms", &format!("unknown algorithm {a:?} (MD5, SHA-256)"));
+                return bad(
+                    "registrar.algorithms",
+                    &format!("unknown algorithm {a:?} (MD5, SHA-256)"),
+                );
             }
         }
         if self.calls.ring_timeout_secs == 0 {
@@ -312,7 +319,9 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let e = NodeConfig::from_toml("[sip]\nudpp = []\n").unwrap_err().to_string();
+        let e = NodeConfig::from_toml("[sip]\nudpp = []\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("udpp"), "{e}");
         let e = NodeConfig::from_toml("[nodes]\n").unwrap_err().to_string();
         assert!(e.contains("nodes"), "{e}");

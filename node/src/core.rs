@@ -26,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Methods this node implements (the Allow header).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE, NOTIFY";
+pub const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE, NOTIFY";
 /// Option tags this node supports (none yet; an empty Supported is valid, RFC 3261 §20.37).
 pub const SUPPORTED: &str = "";
 
@@ -51,7 +52,8 @@ impl Local {
             .map(char::from)
             .collect();
         Local {
-            advertised: (!cfg.sip.advertised_host.is_empty()).then(|| cfg.sip.advertised_host.clone()),
+            advertised: (!cfg.sip.advertised_host.is_empty())
+                .then(|| cfg.sip.advertised_host.clone()),
             transports,
             route_cache: HashMap::new(),
             branch_prefix: format!("z9hG4bK{token}."),
@@ -77,7 +79,10 @@ impl Local {
         if let Some(h) = &self.advertised {
             return h.clone();
         }
-        let ip = match self.transports.bound_ip(peer.transport, peer.addr.is_ipv6()) {
+        let ip = match self
+            .transports
+            .bound_ip(peer.transport, peer.addr.is_ipv6())
+        {
             Some(ip) => ip,
             None => {
                 let remote = peer.addr.ip();
@@ -91,7 +96,8 @@ impl Local {
     }
 
     fn port_for(&self, peer: Peer) -> u16 {
-        self.transports.local_port(peer.transport, peer.addr.is_ipv6())
+        self.transports
+            .local_port(peer.transport, peer.addr.is_ipv6())
     }
 
     /// A Via value for a request to `peer` with this branch.
@@ -166,7 +172,8 @@ impl SipCtx<'_> {
 
     /// Starts a client transaction.
     pub fn request(&mut self, mut msg: SipMessage, to: Peer) -> TxKey {
-        msg.headers.push("User-Agent", self.local.user_agent.clone());
+        msg.headers
+            .push("User-Agent", self.local.user_agent.clone());
         let (key, a) = self.txn.request(msg, to, self.now);
         self.out.extend(a);
         key
@@ -248,7 +255,9 @@ pub struct Core {
 }
 
 fn unix_now(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Core {
@@ -397,7 +406,11 @@ impl Core {
                 let mut ctx = ctx!(self, now);
                 self.calls.on_cancel(&mut ctx, &key, &msg, invite.as_ref());
             }
-            TuEvent::Ack { msg, from: _, invite } => {
+            TuEvent::Ack {
+                msg,
+                from: _,
+                invite,
+            } => {
                 let mut ctx = ctx!(self, now);
                 self.calls.on_ack(&mut ctx, &msg, invite.as_ref());
             }
@@ -446,7 +459,11 @@ impl Core {
             let required = msg.option_tags("Require");
             let unsupported: Vec<&String> = required
                 .iter()
-                .filter(|t| !SUPPORTED.split(',').any(|s| s.trim().eq_ignore_ascii_case(t)))
+                .filter(|t| {
+                    !SUPPORTED
+                        .split(',')
+                        .any(|s| s.trim().eq_ignore_ascii_case(t))
+                })
                 .collect();
             if !unsupported.is_empty() {
                 let mut r = msg.response(420, "Bad Extension");
@@ -582,9 +599,12 @@ impl Core {
             None => Verdict::Missing,
             Some(c) => {
                 let dir = &self.directory;
-                self.registrar
-                    .auth
-                    .verify("INVITE", c, |u| dir.extension(u).map(|e| e.password.clone()), wall)
+                self.registrar.auth.verify(
+                    "INVITE",
+                    c,
+                    |u| dir.extension(u).map(|e| e.password.clone()),
+                    wall,
+                )
             }
         };
         match verdict {

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 
 /// Command line of the node.
 #[derive(Parser, Debug)]
-#[command(name = "softswitch", version, about = "Clustered SIP softswitch and IP PBX node")]
+#[command(
+    name = "softswitch",
+    version,
+    about = "Clustered SIP softswitch and IP PBX node"
+)]
 struct Cli {
     /// Node configuration (TOML). Without it the embedded defaults are used: SIP on
     /// UDP and TCP 5060 on all addresses, data in ./data, a demo PBX.

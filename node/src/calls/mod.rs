@@ -235,7 +235,12 @@ impl Calls {
         };
         if self.calls.len() >= self.cfg.max_calls {
             ctx.metrics.inc(&ctx.metrics.overload_rejects);
-            return fail(ctx, 503, "Service Unavailable", Some("normal_circuit_congestion"));
+            return fail(
+                ctx,
+                503,
+                "Service Unavailable",
+                Some("normal_circuit_congestion"),
+            );
         }
         let ext = match directory.route(&callee) {
             Destination::Extension(e) => e,
@@ -273,18 +278,24 @@ impl Calls {
             req.headers.push("Via", ctx.local.via(peer, &branch));
             req.headers.push("Max-Forwards", max_forwards.to_string());
             let from_value = match &display {
-                Some(d) => format!("\"{}\" <sip:{caller}@{domain}>;tag={b_tag}", d.replace('"', "")),
+                Some(d) => format!(
+                    "\"{}\" <sip:{caller}@{domain}>;tag={b_tag}",
+                    d.replace('"', "")
+                ),
                 None => format!("<sip:{caller}@{domain}>;tag={b_tag}"),
             };
             req.headers.push("From", from_value);
-            req.headers.push("To", format!("<sip:{}@{domain}>", ext.number));
+            req.headers
+                .push("To", format!("<sip:{}@{domain}>", ext.number));
             req.headers.push("Call-ID", b_call_id.clone());
             req.headers.push("CSeq", "1 INVITE");
-            req.headers.push("Contact", ctx.local.contact(&caller, peer));
+            req.headers
+                .push("Contact", ctx.local.contact(&caller, peer));
             req.headers.push("Allow", crate::core::ALLOW);
             req.set_body(content_type.as_deref(), invite.body.clone());
             let fork_key = ctx.request(req.clone(), peer);
-            self.clients.insert(fork_key.clone(), (id, Role::Fork(forks.len())));
+            self.clients
+                .insert(fork_key.clone(), (id, Role::Fork(forks.len())));
             forks.push(Fork {
                 key: fork_key,
                 peer,
@@ -472,7 +483,14 @@ impl Calls {
             ctx.cancel(&k);
         }
         let (disposition, default_cause) = classify_failure(code);
-        self.finish(ctx, id, disposition, cause.unwrap_or(default_cause), code, None);
+        self.finish(
+            ctx,
+            id,
+            disposition,
+            cause.unwrap_or(default_cause),
+            code,
+            None,
+        );
     }
 
     /// Writes the CDR once and marks the call ended.
@@ -654,7 +672,13 @@ impl Calls {
             .get(&id)
             .is_some_and(|c| matches!(c.phase, Phase::Calling | Phase::Ringing));
         if ringing {
-            self.fail_call(ctx, id, 487, "Request Terminated", Some("originator_cancel"));
+            self.fail_call(
+                ctx,
+                id,
+                487,
+                "Request Terminated",
+                Some("originator_cancel"),
+            );
         }
     }
 
@@ -694,13 +718,21 @@ impl Calls {
                     let mut d = d;
                     let via = ctx.local.new_via(peer);
                     let mut bye = d.request(Method::Bye, &via);
-                    bye.headers.push("Reason", "Q.850;cause=16;text=\"Normal Clearing\"");
+                    bye.headers
+                        .push("Reason", "Q.850;cause=16;text=\"Normal Clearing\"");
                     if let Some(slot) = call.dialog(other) {
                         *slot = d;
                     }
                     self.fire(ctx, id, bye, peer);
                 }
-                self.finish(ctx, id, Disposition::Answered, "normal_clearing", 200, Some(side));
+                self.finish(
+                    ctx,
+                    id,
+                    Disposition::Answered,
+                    "normal_clearing",
+                    200,
+                    Some(side),
+                );
             }
             Method::Invite if call.reinvite_pending => {
                 let mut r = msg.response(491, "Request Pending");
@@ -753,7 +785,14 @@ impl Calls {
                 .is_some_and(|c| c.phase == Phase::Answered);
             if answered {
                 self.hang_up_both(ctx, id);
-                self.finish(ctx, id, Disposition::Answered, "recovery_on_timer_expire", 408, None);
+                self.finish(
+                    ctx,
+                    id,
+                    Disposition::Answered,
+                    "recovery_on_timer_expire",
+                    408,
+                    None,
+                );
             }
             return;
         }

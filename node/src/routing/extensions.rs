@@ -113,7 +113,8 @@ impl PbxSeed {
             .map(|n| {
                 let password: String = (0..12)
                     .map(|_| {
-                        const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+                        const ALPHABET: &[u8] =
+                            b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
                         ALPHABET[rng.gen_range(0..ALPHABET.len())] as char
                     })
                     .collect();

@@ -177,7 +177,11 @@ impl Headers {
     /// Replaces every `name` header with one value, keeping the first one's position.
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
         let value = value.into();
-        if let Some(pos) = self.0.iter().position(|h| h.name.eq_ignore_ascii_case(name)) {
+        if let Some(pos) = self
+            .0
+            .iter()
+            .position(|h| h.name.eq_ignore_ascii_case(name))
+        {
             self.0[pos].value = value;
             let mut i = 0;
             self.0.retain(|h| {
@@ -192,7 +196,11 @@ impl Headers {
 
     /// Replaces the value of the first `name` header only (e.g. the top Via), or appends.
     pub fn set_first(&mut self, name: &str, value: impl Into<String>) {
-        match self.0.iter_mut().find(|h| h.name.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+        {
             Some(h) => h.value = value.into(),
             None => self.push(name, value),
         }
@@ -205,7 +213,10 @@ impl Headers {
 
     /// Removes the first `name` header and returns its value.
     pub fn remove_first(&mut self, name: &str) -> Option<String> {
-        let pos = self.0.iter().position(|h| h.name.eq_ignore_ascii_case(name))?;
+        let pos = self
+            .0
+            .iter()
+            .position(|h| h.name.eq_ignore_ascii_case(name))?;
         Some(self.0.remove(pos).value)
     }
 
@@ -245,7 +256,7 @@ pub struct ParseError {
     /// Reason phrase for the answer, naming the fault.
     pub reason: String,
     /// The request line and whatever headers could be read, for addressing a reply.
-    pub partial: Option<SipMessage>,
+    pub partial: Option<Box<SipMessage>>,
 }
 
 impl ParseError {
@@ -465,7 +476,7 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, ParseError> {
         body: Bytes::new(),
     };
     let fail = |mut e: ParseError, msg: SipMessage| {
-        e.partial = Some(msg);
+        e.partial = Some(Box::new(msg));
         Err(e)
     };
     if let Some(e) = partial_err {
@@ -530,8 +541,7 @@ fn parse_start_line(line: &str) -> Result<(StartLine, Option<ParseError>), Parse
     if !version.starts_with("SIP/") {
         return Err(ParseError::new(400, "Bad Request Line"));
     }
-    let version_err =
-        (version != "SIP/2.0").then(|| ParseError::new(505, "Version Not Supported"));
+    let version_err = (version != "SIP/2.0").then(|| ParseError::new(505, "Version Not Supported"));
     if uri.contains(':') && parse_uri(uri).is_none() && !uri.starts_with("tel:") {
         return Err(ParseError::new(400, "Bad Request-URI"));
     }
@@ -695,7 +705,10 @@ pub fn parse_params(s: &str) -> Vec<(String, Option<String>)> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.trim().to_string(), Some(v.trim().trim_matches('"').to_string())),
+            Some((k, v)) => (
+                k.trim().to_string(),
+                Some(v.trim().trim_matches('"').to_string()),
+            ),
             None => (p.to_string(), None),
         })
         .collect()
@@ -767,7 +780,9 @@ impl Via {
 
     /// True when the parameter is present (with or without value).
     pub fn has_param(&self, name: &str) -> bool {
-        self.params.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+        self.params
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
     }
 
     /// The branch parameter.
@@ -777,7 +792,11 @@ impl Via {
 
     /// Sets (or adds) a parameter.
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        if let Some(p) = self.params.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        if let Some(p) = self
+            .params
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             p.1 = value;
         } else {
             self.params.push((name.to_string(), value));
@@ -1008,10 +1027,8 @@ impl SipMessage {
     pub fn response(&self, code: u16, reason: &str) -> SipMessage {
         let mut headers = Headers::default();
         for h in self.headers.iter() {
-            if matches!(
-                h.name.as_str(),
-                "Via" | "From" | "To" | "Call-ID" | "CSeq"
-            ) || (h.name == "Record-Route" && (101..300).contains(&code))
+            if matches!(h.name.as_str(), "Via" | "From" | "To" | "Call-ID" | "CSeq")
+                || (h.name == "Record-Route" && (101..300).contains(&code))
                 || (h.name == "Timestamp" && code == 100)
             {
                 headers.0.push(h.clone());
@@ -1153,7 +1170,10 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
         assert_eq!(v.host, "2001:db8::1");
         assert_eq!(v.port, Some(5070));
         assert!(v.has_param("rport"));
-        assert_eq!(v.to_header(), "SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKx;rport");
+        assert_eq!(
+            v.to_header(),
+            "SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKx;rport"
+        );
         let msg = "OPTIONS sip:[2001:db8::2]:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK3\r\nFrom: <sip:a@[2001:db8::1]>;tag=1\r\nTo: <sip:[2001:db8::2]>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n";
         let m = parse(msg.as_bytes()).unwrap();
         assert_eq!(m.top_via().unwrap().port, None);
@@ -1167,12 +1187,15 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
         assert_eq!(e.reply().unwrap().status(), Some(505));
         let e = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
         assert_eq!((e.status, e.reason.as_str()), (400, "Missing Call-ID"));
-        assert!(e.reply().is_none(), "cannot address a reply without Call-ID");
+        assert!(
+            e.reply().is_none(),
+            "cannot address a reply without Call-ID"
+        );
         let e = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 50\r\n\r\nshort").unwrap_err();
         assert_eq!(e.reason, "Content-Length Exceeds Body");
         let reply = e.reply().unwrap();
         assert_eq!(reply.status(), Some(400));
-        assert!(parse(&vec![0xffu8; 100]).is_err());
+        assert!(parse(&[0xffu8; 100]).is_err());
         assert_eq!(parse(&vec![b'a'; 70_000]).unwrap_err().status, 513);
         assert!(parse(b"").is_err());
         assert!(parse(b"\x00\x01\x02garbage\r\n\r\n").is_err());

@@ -158,7 +158,11 @@ impl Transports {
     }
 
     fn send_tcp(&self, addr: SocketAddr, bytes: Bytes) {
-        let existing = self.tcp_conns.lock().ok().and_then(|m| m.get(&addr).cloned());
+        let existing = self
+            .tcp_conns
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&addr).cloned());
         if let Some(tx) = existing {
             if tx.try_send(bytes).is_err() {
                 self.metrics.inc(&self.metrics.tcp_send_errors);
@@ -269,7 +273,9 @@ impl Transports {
         if let Ok(mut m) = self.per_ip.lock() {
             *m.entry(addr.ip()).or_default() += 1;
         }
-        self.metrics.tcp_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .tcp_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reader, writer) = stream.into_split();
         tokio::spawn(write_loop(writer, rx));
         let t = self.clone();
@@ -293,7 +299,9 @@ impl Transports {
                 }
             }
         }
-        self.metrics.tcp_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .tcp_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn read_loop(
@@ -334,7 +342,9 @@ impl Transports {
                             if let Some(r) = pe.reply() {
                                 let _ = out.try_send(r.to_bytes());
                             }
-                        } else if let Ok(m) = message::parse(&buf[..buf.len().min(MAX_MESSAGE_SIZE)]) {
+                        } else if let Ok(m) =
+                            message::parse(&buf[..buf.len().min(MAX_MESSAGE_SIZE)])
+                        {
                             if m.is_request() {
                                 let _ = out.try_send(m.response(e.status, &e.reason).to_bytes());
                             }
@@ -435,7 +445,10 @@ mod tests {
         let mut m = req("SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1");
         stamp_via(&mut m, from);
         assert_eq!(m.top_via().unwrap().param("received"), Some("192.0.2.7"));
-        assert_eq!(reply_target(&m, from).addr, "192.0.2.7:5062".parse().unwrap());
+        assert_eq!(
+            reply_target(&m, from).addr,
+            "192.0.2.7:5062".parse().unwrap()
+        );
 
         let mut m = req("SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1");
         stamp_via(&mut m, from);

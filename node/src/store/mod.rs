@@ -100,7 +100,9 @@ impl Store {
     }
 
     fn with_db(db: DB) -> Result<Store, StoreError> {
-        let cf = db.cf_handle(CF_CDRS).ok_or(StoreError::MissingCf(CF_CDRS))?;
+        let cf = db
+            .cf_handle(CF_CDRS)
+            .ok_or(StoreError::MissingCf(CF_CDRS))?;
         let next = match db.iterator_cf(cf, IteratorMode::End).next() {
             Some(Ok((k, _))) if k.len() == 8 => {
                 let mut b = [0u8; 8];

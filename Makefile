@@ -1,0 +1,65 @@
+# Entry points: `make run` (one node on the embedded defaults), `make test` (everything),
+# `make bench` (side-by-side benchmarks against Kamailio). Each installs the Debian
+# packages it needs when they are missing.
+
+SHELL := /bin/bash
+export CARGO_INCREMENTAL := 0
+# Link RocksDB from Debian's librocksdb-dev instead of building the bundled C++ (~16 min).
+export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell uname -m)-linux-gnu
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+BIN := $(CARGO_TARGET_DIR)/release
+export SOFTSWITCH_BIN := $(BIN)/softswitch
+export SWITCHCTL_BIN := $(BIN)/switchctl
+
+BUILD_PKGS := librocksdb-dev libclang-dev pkg-config gcc
+TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps
+BENCH_PKGS := sip-tester kamailio procps time iproute2
+
+# Installs the named Debian packages that are not installed yet (apt-get update once).
+define apt_ensure
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  echo "installing:$$missing"; \
+	  if [ ! -e /tmp/.softswitch-apt-updated ]; then $$sudo apt-get update -qq && touch /tmp/.softswitch-apt-updated; fi; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: run build test unit e2e lint bench deps-build deps-test deps-bench clean
+
+deps-build:
+	$(call apt_ensure,$(BUILD_PKGS))
+
+deps-test: deps-build
+	$(call apt_ensure,$(TEST_PKGS))
+	@python3 -c "import pjsua2" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pjsua2-python
+
+deps-bench: deps-build
+	$(call apt_ensure,$(BENCH_PKGS))
+
+build: deps-build
+	cargo build --release -p node -p ops
+
+run: build
+	$(BIN)/softswitch
+
+lint: deps-build
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+unit: deps-build
+	cargo test --release --workspace --exclude tests
+
+e2e: build deps-test
+	cargo test --release -p tests -- --test-threads=2
+
+test: lint unit e2e
+
+bench: build deps-bench
+	bench/run.sh
+
+clean:
+	cargo clean
