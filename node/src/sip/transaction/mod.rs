@@ -170,6 +170,8 @@ pub enum TuEvent {
     },
     /// Client Timer B/F (treat as 408), server Timer H, Timer L without an ACK for our 2xx
     /// (send BYE), or the proceeding guard ([`DEFAULT_PROCEEDING_LIMIT`]) expired.
+    /// Usually followed at once by `Terminated`; a client INVITE whose guard expired in
+    /// Proceeding is CANCELled and stays until its 487 (delivered as usual) or 64*T1.
     Timeout {
         /// The transaction.
         key: TxKey,
@@ -273,6 +275,8 @@ struct Tx {
     ack_seen: bool,
     /// Server INVITE: index entry for matching the 2xx ACK.
     ack_key: Option<AckKey>,
+    /// Client INVITE: Timeout already delivered (proceeding guard); do not repeat it.
+    timed_out: bool,
 }
 
 impl Tx {
@@ -292,6 +296,7 @@ impl Tx {
             cancel_sent: false,
             ack_seen: false,
             ack_key: None,
+            timed_out: false,
         }
     }
 
@@ -936,12 +941,24 @@ impl TransactionLayer {
                 };
                 if let Some(bytes) = bytes {
                     out.push(Action::Send { bytes, to: tx.peer });
-                    let at = now + tx.interval;
+                    // At least 1 ms, so a zero T1 cannot spin this loop.
+                    let at = now + tx.interval.max(Duration::from_millis(1));
                     self.timers.arm(tx, &e.key, Slot::Retransmit, at);
                 }
             }
             Slot::Timeout => {
-                out.push(Action::Deliver(TuEvent::Timeout { key: e.key.clone() }));
+                if tx.kind == Kind::InvClient && tx.state == TxState::Proceeding && !tx.cancel_sent
+                {
+                    // Proceeding guard: CANCEL so the callee stops ringing, and keep the
+                    // transaction until the 487 (which it must ACK) or 64*T1 (§9.1).
+                    tx.timed_out = true;
+                    out.push(Action::Deliver(TuEvent::Timeout { key: e.key.clone() }));
+                    self.start_cancel(&e.key, now, out);
+                    return;
+                }
+                if !tx.timed_out {
+                    out.push(Action::Deliver(TuEvent::Timeout { key: e.key.clone() }));
+                }
                 self.terminate(&e.key, out);
             }
             Slot::Linger => {

@@ -718,3 +718,42 @@ fn request_without_branch_gets_one() {
     assert!(key.branch().starts_with(MAGIC_COOKIE));
     assert_eq!(sent(&acts)[0].branch().as_deref(), Some(key.branch()));
 }
+
+#[test]
+fn proceeding_guard_cancels_a_ringing_client_invite() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(TimerConfig::default());
+    l.set_proceeding_limit(Duration::from_secs(120));
+    let invite = req("INVITE", "z9hG4bKa");
+    let (ikey, _) = l.request(invite.clone(), udp(), t0);
+    l.on_response(resp(&invite, 180), udp(), t0 + ms(100));
+    let acts = l.on_timer(t0 + ms(120_100));
+    assert!(matches!(events(&acts)[0], TuEvent::Timeout { key } if *key == ikey));
+    assert_eq!(sent(&acts)[0].method(), Some(&Method::Cancel));
+    assert_eq!(l.len(), 2, "INVITE kept to ACK the 487, plus the CANCEL");
+    let acts = l.on_response(resp(&invite, 487), udp(), t0 + ms(120_200));
+    assert_eq!(sent(&acts)[0].method(), Some(&Method::Ack));
+    // No second Timeout for the same INVITE later.
+    let later = run_until(&mut l, t0, 300_000);
+    let again = later
+        .iter()
+        .flat_map(|(_, a)| events(a))
+        .filter(|e| matches!(e, TuEvent::Timeout { key } if *key == ikey))
+        .count();
+    assert_eq!(again, 0);
+    assert!(l.is_empty());
+}
+
+#[test]
+fn zero_t1_does_not_spin() {
+    let t0 = Instant::now();
+    let cfg = TimerConfig {
+        t1: Duration::ZERO,
+        t2: Duration::ZERO,
+        t4: Duration::ZERO,
+    };
+    let mut l = TransactionLayer::new(cfg);
+    l.request(req("OPTIONS", "z9hG4bKo"), udp(), t0);
+    let acts = l.on_timer(t0);
+    assert!(is_terminated(&acts));
+}
