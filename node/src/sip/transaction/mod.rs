@@ -743,7 +743,7 @@ impl TransactionLayer {
     }
 
     /// Sends an ACK for a 2xx (built by the dialog); it is not a transaction.
-    pub fn send_ack(&mut self, msg: SipMessage, to: Peer) -> Vec<Action> {
+    pub fn send_ack(&self, msg: SipMessage, to: Peer) -> Vec<Action> {
         vec![Action::Send {
             bytes: msg.to_bytes(),
             to,
