@@ -104,6 +104,9 @@ impl TxKey {
 }
 
 /// Something the caller must do.
+// Actions live only until the caller drains the Vec; boxing the event would cost an
+// allocation per delivery for no memory saved.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Action {
     /// Put bytes on the wire to `to`.
@@ -167,6 +170,8 @@ pub enum TuEvent {
     },
     /// Client Timer B/F (treat as 408), server Timer H, Timer L without an ACK for our 2xx
     /// (send BYE), or the proceeding guard ([`DEFAULT_PROCEEDING_LIMIT`]) expired.
+    /// Usually followed at once by `Terminated`; a client INVITE whose guard expired in
+    /// Proceeding is CANCELled and stays until its 487 (delivered as usual) or 64*T1.
     Timeout {
         /// The transaction.
         key: TxKey,
@@ -210,10 +215,10 @@ pub struct TxStats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    ServerInvite,
-    ServerNonInvite,
-    ClientInvite,
-    ClientNonInvite,
+    InvServer,
+    NonInvServer,
+    InvClient,
+    NonInvClient,
 }
 
 /// Timer slots; each state uses each slot for at most one RFC timer.
@@ -270,6 +275,8 @@ struct Tx {
     ack_seen: bool,
     /// Server INVITE: index entry for matching the 2xx ACK.
     ack_key: Option<AckKey>,
+    /// Client INVITE: Timeout already delivered (proceeding guard); do not repeat it.
+    timed_out: bool,
 }
 
 impl Tx {
@@ -289,6 +296,7 @@ impl Tx {
             cancel_sent: false,
             ack_seen: false,
             ack_key: None,
+            timed_out: false,
         }
     }
 
@@ -503,7 +511,7 @@ impl TransactionLayer {
         out: &mut Vec<Action>,
     ) {
         if method == Method::Invite {
-            let mut tx = self.new_tx(Kind::ServerInvite, TxState::Proceeding, from);
+            let mut tx = self.new_tx(Kind::InvServer, TxState::Proceeding, from);
             // RFC 3261 §17.2.1 allows waiting 200 ms; answering at once stops the
             // client's Timer A retransmissions sooner and costs nothing.
             let trying = msg.response(100, "Trying").to_bytes();
@@ -519,7 +527,7 @@ impl TransactionLayer {
             out.push(Action::Deliver(TuEvent::Request { key, msg, from }));
             return;
         }
-        let mut tx = self.new_tx(Kind::ServerNonInvite, TxState::Trying, from);
+        let mut tx = self.new_tx(Kind::NonInvServer, TxState::Trying, from);
         // The client gives up after Timer F (64*T1); an answer later than that is useless.
         let guard = now + self.cfg.t64().min(self.proceeding_limit);
         self.timers.arm(&mut tx, &key, Slot::Timeout, guard);
@@ -536,7 +544,7 @@ impl TransactionLayer {
             let invite = self
                 .txs
                 .get(&invite)
-                .is_some_and(|t| t.kind == Kind::ServerInvite)
+                .is_some_and(|t| t.kind == Kind::InvServer)
                 .then_some(invite);
             out.push(Action::Deliver(TuEvent::Cancel {
                 key,
@@ -559,7 +567,7 @@ impl TransactionLayer {
     ) {
         let cfg = self.cfg;
         if let Some(tx) = self.txs.get_mut(&key) {
-            if tx.kind == Kind::ServerInvite {
+            if tx.kind == Kind::InvServer {
                 match tx.state {
                     TxState::Completed => {
                         // ACK for our non-2xx: absorb it and wait Timer I for stray copies.
@@ -616,7 +624,7 @@ impl TransactionLayer {
         let reliable = tx.peer.is_reliable();
         let mut linger = None;
         match (tx.kind, tx.state) {
-            (Kind::ServerInvite, TxState::Proceeding) => {
+            (Kind::InvServer, TxState::Proceeding) => {
                 let bytes = msg.to_bytes();
                 out.push(Action::Send {
                     bytes: bytes.clone(),
@@ -644,7 +652,7 @@ impl TransactionLayer {
                     self.timers.arm(tx, key, Slot::Timeout, now + cfg.t64());
                 }
             }
-            (Kind::ServerInvite, TxState::Accepted) if (200..300).contains(&code) => {
+            (Kind::InvServer, TxState::Accepted) if (200..300).contains(&code) => {
                 // The TU may pass a 2xx again (RFC 6026 §8.5); send it and retransmit it.
                 let bytes = msg.to_bytes();
                 out.push(Action::Send {
@@ -653,7 +661,7 @@ impl TransactionLayer {
                 });
                 tx.last_response = Some(bytes);
             }
-            (Kind::ServerNonInvite, TxState::Trying | TxState::Proceeding) => {
+            (Kind::NonInvServer, TxState::Trying | TxState::Proceeding) => {
                 let bytes = msg.to_bytes();
                 out.push(Action::Send {
                     bytes: bytes.clone(),
@@ -716,9 +724,9 @@ impl TransactionLayer {
         // A TU reusing a live branch replaces that transaction.
         self.terminate(&key, &mut out);
         let (kind, state) = if method == Method::Invite {
-            (Kind::ClientInvite, TxState::Calling)
+            (Kind::InvClient, TxState::Calling)
         } else {
-            (Kind::ClientNonInvite, TxState::Trying)
+            (Kind::NonInvClient, TxState::Trying)
         };
         let mut tx = self.new_tx(kind, state, to);
         tx.request = Some(msg);
@@ -735,7 +743,7 @@ impl TransactionLayer {
     }
 
     /// Sends an ACK for a 2xx (built by the dialog); it is not a transaction.
-    pub fn send_ack(&mut self, msg: SipMessage, to: Peer) -> Vec<Action> {
+    pub fn send_ack(&self, msg: SipMessage, to: Peer) -> Vec<Action> {
         vec![Action::Send {
             bytes: msg.to_bytes(),
             to,
@@ -748,7 +756,7 @@ impl TransactionLayer {
     /// already being cancelled.
     pub fn cancel(&mut self, invite: &TxKey, now: Instant) -> Option<(TxKey, Vec<Action>)> {
         let tx = self.txs.get_mut(invite)?;
-        if tx.kind != Kind::ClientInvite || tx.cancel_pending || tx.cancel_sent {
+        if tx.kind != Kind::InvClient || tx.cancel_pending || tx.cancel_sent {
             return None;
         }
         let ckey = TxKey::Client {
@@ -814,7 +822,7 @@ impl TransactionLayer {
         let mut linger = None;
         let mut send_cancel = false;
         match (tx.kind, tx.state) {
-            (Kind::ClientInvite, TxState::Calling | TxState::Proceeding) => {
+            (Kind::InvClient, TxState::Calling | TxState::Proceeding) => {
                 if code < 200 {
                     tx.state = TxState::Proceeding;
                     tx.clear(Slot::Retransmit);
@@ -850,23 +858,20 @@ impl TransactionLayer {
                     linger = Some(if reliable { Duration::ZERO } else { TIMER_D });
                 }
             }
-            (Kind::ClientInvite, TxState::Accepted) => {
-                // Retransmitted 2xx or another fork's 2xx: the TU must ACK (or BYE) each.
-                if (200..300).contains(&code) {
-                    out.push(deliver(msg));
+            // Retransmitted 2xx or another fork's 2xx: the TU must ACK (or BYE) each.
+            (Kind::InvClient, TxState::Accepted) if (200..300).contains(&code) => {
+                out.push(deliver(msg));
+            }
+            // Retransmitted non-2xx final: our ACK was lost, resend it.
+            (Kind::InvClient, TxState::Completed) if code >= 300 => {
+                if let Some(bytes) = &tx.ack {
+                    out.push(Action::Send {
+                        bytes: bytes.clone(),
+                        to: tx.peer,
+                    });
                 }
             }
-            (Kind::ClientInvite, TxState::Completed) => {
-                if code >= 300 {
-                    if let Some(bytes) = &tx.ack {
-                        out.push(Action::Send {
-                            bytes: bytes.clone(),
-                            to: tx.peer,
-                        });
-                    }
-                }
-            }
-            (Kind::ClientNonInvite, TxState::Trying | TxState::Proceeding) => {
+            (Kind::NonInvClient, TxState::Trying | TxState::Proceeding) => {
                 if code < 200 {
                     // Timer E keeps running; it switches to T2 when it next fires.
                     tx.state = TxState::Proceeding;
@@ -916,19 +921,19 @@ impl TransactionLayer {
             Slot::Retransmit => {
                 let bytes = match (tx.kind, tx.state) {
                     // Timer A doubles without the T2 cap (RFC 3261 §17.1.1.2).
-                    (Kind::ClientInvite, TxState::Calling) => {
+                    (Kind::InvClient, TxState::Calling) => {
                         tx.interval *= 2;
                         Some(tx.request_bytes.clone())
                     }
-                    (Kind::ClientNonInvite, TxState::Trying) => {
+                    (Kind::NonInvClient, TxState::Trying) => {
                         tx.interval = (tx.interval * 2).min(cfg.t2);
                         Some(tx.request_bytes.clone())
                     }
-                    (Kind::ClientNonInvite, TxState::Proceeding) => {
+                    (Kind::NonInvClient, TxState::Proceeding) => {
                         tx.interval = cfg.t2;
                         Some(tx.request_bytes.clone())
                     }
-                    (Kind::ServerInvite, TxState::Completed | TxState::Accepted) => {
+                    (Kind::InvServer, TxState::Completed | TxState::Accepted) => {
                         tx.interval = (tx.interval * 2).min(cfg.t2);
                         tx.last_response.clone()
                     }
@@ -936,17 +941,29 @@ impl TransactionLayer {
                 };
                 if let Some(bytes) = bytes {
                     out.push(Action::Send { bytes, to: tx.peer });
-                    let at = now + tx.interval;
+                    // At least 1 ms, so a zero T1 cannot spin this loop.
+                    let at = now + tx.interval.max(Duration::from_millis(1));
                     self.timers.arm(tx, &e.key, Slot::Retransmit, at);
                 }
             }
             Slot::Timeout => {
-                out.push(Action::Deliver(TuEvent::Timeout { key: e.key.clone() }));
+                if tx.kind == Kind::InvClient && tx.state == TxState::Proceeding && !tx.cancel_sent
+                {
+                    // Proceeding guard: CANCEL so the callee stops ringing, and keep the
+                    // transaction until the 487 (which it must ACK) or 64*T1 (§9.1).
+                    tx.timed_out = true;
+                    out.push(Action::Deliver(TuEvent::Timeout { key: e.key.clone() }));
+                    self.start_cancel(&e.key, now, out);
+                    return;
+                }
+                if !tx.timed_out {
+                    out.push(Action::Deliver(TuEvent::Timeout { key: e.key.clone() }));
+                }
                 self.terminate(&e.key, out);
             }
             Slot::Linger => {
                 // Timer L with no ACK for our 2xx: the TU should tear the dialog down.
-                if tx.kind == Kind::ServerInvite && tx.state == TxState::Accepted && !tx.ack_seen {
+                if tx.kind == Kind::InvServer && tx.state == TxState::Accepted && !tx.ack_seen {
                     out.push(Action::Deliver(TuEvent::Timeout { key: e.key.clone() }));
                 }
                 self.terminate(&e.key, out);

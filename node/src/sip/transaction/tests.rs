@@ -101,8 +101,7 @@ fn run_until(l: &mut TransactionLayer, t0: Instant, until: u64) -> Vec<(u64, Vec
     out
 }
 
-fn server_key_of(l: &mut TransactionLayer, acts: &[Action]) -> TxKey {
-    let _ = l;
+fn server_key_of(acts: &[Action]) -> TxKey {
     events(acts)
         .iter()
         .find_map(|e| match e {
@@ -310,7 +309,7 @@ fn server_invite_sends_100_at_once_and_absorbs_retransmissions() {
     assert!(matches!(&acts[0], Action::Send { .. }), "100 Trying first");
     assert_eq!(sent(&acts)[0].status(), Some(100));
     assert_eq!(sent(&acts)[0].to_tag(), None);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     assert_eq!(
         key,
         TxKey::Server {
@@ -338,7 +337,7 @@ fn server_invite_non_2xx_timer_g_capped_then_timer_h() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), udp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     let acts = l.respond(&key, resp(&invite, 486), t0);
     assert_eq!(sent(&acts)[0].status(), Some(486));
     assert_eq!(l.state(&key), Some(TxState::Completed));
@@ -366,7 +365,7 @@ fn server_invite_ack_confirms_then_timer_i() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), udp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     l.respond(&key, resp(&invite, 486), t0);
     // ACK for a non-2xx: same branch, absorbed.
     let mut ack = req("ACK", "z9hG4bKs");
@@ -387,7 +386,7 @@ fn server_invite_reliable_no_g_and_zero_i() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), tcp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     l.respond(&key, resp(&invite, 486), t0);
     assert_eq!(l.next_deadline(), Some(t0 + ms(32_000)), "only Timer H");
     let mut ack = req("ACK", "z9hG4bKs");
@@ -403,7 +402,7 @@ fn server_invite_2xx_retransmitted_until_ack_then_timer_l() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), udp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     let acts = l.respond(&key, resp(&invite, 200), t0);
     assert_eq!(sent(&acts)[0].status(), Some(200));
     assert_eq!(l.state(&key), Some(TxState::Accepted));
@@ -438,7 +437,7 @@ fn server_invite_timer_l_without_ack_times_out() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), udp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     l.respond(&key, resp(&invite, 200), t0);
     let fired = run_until(&mut l, t0, 31_999);
     let times: Vec<u64> = fired.iter().map(|(t, _)| *t).collect();
@@ -459,7 +458,7 @@ fn server_invite_2xx_retransmitted_on_reliable_transport_too() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), tcp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     l.respond(&key, resp(&invite, 200), t0);
     assert_eq!(sent(&l.on_timer(t0 + ms(500)))[0].status(), Some(200));
     l.on_request(ack_2xx("z9hG4bKack"), tcp(), t0 + ms(600));
@@ -473,7 +472,7 @@ fn server_non_invite_retransmissions_and_timer_j() {
     let opt = req("OPTIONS", "z9hG4bKn");
     let acts = l.on_request(opt.clone(), udp(), t0);
     assert!(sent(&acts).is_empty(), "no automatic 100 for non-INVITE");
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     assert_eq!(l.state(&key), Some(TxState::Trying));
     // Retransmission in Trying: nothing to resend, nothing delivered.
     assert!(l.on_request(opt.clone(), udp(), t0 + ms(500)).is_empty());
@@ -509,7 +508,7 @@ fn server_non_invite_reliable_timer_j_is_zero() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let opt = req("OPTIONS", "z9hG4bKn");
     let acts = l.on_request(opt.clone(), tcp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     let acts = l.respond(&key, resp(&opt, 200), t0);
     assert_eq!(sent(&acts)[0].status(), Some(200));
     assert!(is_terminated(&acts));
@@ -522,7 +521,7 @@ fn cancel_matches_invite_server_transaction() {
     let mut l = TransactionLayer::new(TimerConfig::default());
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), udp(), t0);
-    let ikey = server_key_of(&mut l, &acts);
+    let ikey = server_key_of(&acts);
     let acts = l.on_request(req("CANCEL", "z9hG4bKs"), udp(), t0 + ms(100));
     let (ckey, matched) = match events(&acts)[0] {
         TuEvent::Cancel { key, invite, .. } => (key.clone(), invite.clone()),
@@ -618,7 +617,7 @@ fn full_table_answers_503_with_retry_after() {
     let mut l = TransactionLayer::with_limit(TimerConfig::default(), 1);
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite.clone(), udp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     let acts = l.on_request(req("OPTIONS", "z9hG4bKo"), udp(), t0);
     assert!(events(&acts).is_empty());
     let s = sent(&acts);
@@ -657,7 +656,7 @@ fn rfc2543_requests_match_without_branch() {
                 CSeq: 7 INVITE\r\n\r\n";
     let invite = parse(text.as_bytes()).unwrap();
     let acts = l.on_request(invite.clone(), udp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     assert!(events(&l.on_request(invite.clone(), udp(), t0)).is_empty());
     l.respond(&key, resp(&invite, 404), t0);
     let ack = text
@@ -676,7 +675,7 @@ fn proceeding_guard_bounds_unanswered_transactions() {
     l.set_proceeding_limit(Duration::from_secs(60));
     let invite = req("INVITE", "z9hG4bKs");
     let acts = l.on_request(invite, udp(), t0);
-    let key = server_key_of(&mut l, &acts);
+    let key = server_key_of(&acts);
     let acts = l.on_timer(t0 + Duration::from_secs(60));
     assert!(matches!(events(&acts)[0], TuEvent::Timeout { key: k } if *k == key));
     assert!(l.is_empty());
@@ -690,7 +689,7 @@ fn heap_stays_bounded_under_load() {
         let branch = format!("z9hG4bK{i}");
         let opt = req("OPTIONS", &branch);
         let acts = l.on_request(opt.clone(), tcp(), t0);
-        let key = server_key_of(&mut l, &acts);
+        let key = server_key_of(&acts);
         l.respond(&key, resp(&opt, 200), t0);
     }
     assert!(l.is_empty());
@@ -717,4 +716,43 @@ fn request_without_branch_gets_one() {
     let (key, acts) = l.request(m, udp(), t0);
     assert!(key.branch().starts_with(MAGIC_COOKIE));
     assert_eq!(sent(&acts)[0].branch().as_deref(), Some(key.branch()));
+}
+
+#[test]
+fn proceeding_guard_cancels_a_ringing_client_invite() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(TimerConfig::default());
+    l.set_proceeding_limit(Duration::from_secs(120));
+    let invite = req("INVITE", "z9hG4bKa");
+    let (ikey, _) = l.request(invite.clone(), udp(), t0);
+    l.on_response(resp(&invite, 180), udp(), t0 + ms(100));
+    let acts = l.on_timer(t0 + ms(120_100));
+    assert!(matches!(events(&acts)[0], TuEvent::Timeout { key } if *key == ikey));
+    assert_eq!(sent(&acts)[0].method(), Some(&Method::Cancel));
+    assert_eq!(l.len(), 2, "INVITE kept to ACK the 487, plus the CANCEL");
+    let acts = l.on_response(resp(&invite, 487), udp(), t0 + ms(120_200));
+    assert_eq!(sent(&acts)[0].method(), Some(&Method::Ack));
+    // No second Timeout for the same INVITE later.
+    let later = run_until(&mut l, t0, 300_000);
+    let again = later
+        .iter()
+        .flat_map(|(_, a)| events(a))
+        .filter(|e| matches!(e, TuEvent::Timeout { key } if *key == ikey))
+        .count();
+    assert_eq!(again, 0);
+    assert!(l.is_empty());
+}
+
+#[test]
+fn zero_t1_does_not_spin() {
+    let t0 = Instant::now();
+    let cfg = TimerConfig {
+        t1: Duration::ZERO,
+        t2: Duration::ZERO,
+        t4: Duration::ZERO,
+    };
+    let mut l = TransactionLayer::new(cfg);
+    l.request(req("OPTIONS", "z9hG4bKo"), udp(), t0);
+    let acts = l.on_timer(t0);
+    assert!(is_terminated(&acts));
 }
