@@ -87,7 +87,7 @@ pub struct SipSection {
     pub t2_ms: u64,
     /// RFC 3261 T4 in milliseconds (default 5000).
     pub t4_ms: u64,
-    /// Most open transactions; beyond it new requests get 503 (default 100000).
+    /// Most open transactions; beyond it new requests get 503 (default 1000000).
     pub max_transactions: usize,
     /// Close a TCP connection idle this long, in seconds (default 300).
     pub tcp_idle_timeout_secs: u64,
@@ -110,7 +110,7 @@ impl Default for SipSection {
             t1_ms: 500,
             t2_ms: 4000,
             t4_ms: 5000,
-            max_transactions: 100_000,
+            max_transactions: 1_000_000,
             tcp_idle_timeout_secs: 300,
             tcp_max_connections_per_ip: 64,
             tcp_max_connections: 10_000,

@@ -20,7 +20,7 @@ use crate::store::{Command, Store};
 use bytes::Bytes;
 use rand::Rng;
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -34,7 +34,8 @@ pub const SUPPORTED: &str = "";
 /// Local addressing: what the node writes into Via, Contact and Call-IDs.
 pub struct Local {
     advertised: Option<String>,
-    transports: Transports,
+    udp_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
     route_cache: HashMap<IpAddr, IpAddr>,
     /// Every branch this node generates starts with this, so a request that comes back
     /// to us carrying one of our branches is a loop (482).
@@ -45,21 +46,43 @@ pub struct Local {
 }
 
 impl Local {
-    fn new(cfg: &NodeConfig, transports: Transports) -> Local {
+    /// Addressing for a node listening on these bound addresses.
+    pub fn new(
+        advertised_host: &str,
+        user_agent: &str,
+        udp_addrs: Vec<SocketAddr>,
+        tcp_addrs: Vec<SocketAddr>,
+    ) -> Local {
         let token: String = rand::thread_rng()
             .sample_iter(&rand::distributions::Alphanumeric)
             .take(8)
             .map(char::from)
             .collect();
         Local {
-            advertised: (!cfg.sip.advertised_host.is_empty())
-                .then(|| cfg.sip.advertised_host.clone()),
-            transports,
+            advertised: (!advertised_host.is_empty()).then(|| advertised_host.to_string()),
+            udp_addrs,
+            tcp_addrs,
             route_cache: HashMap::new(),
             branch_prefix: format!("z9hG4bK{token}."),
             counter: 0,
-            user_agent: cfg.sip.user_agent.clone(),
+            user_agent: user_agent.to_string(),
         }
+    }
+
+    fn addrs(&self, transport: Transport) -> &[SocketAddr] {
+        match transport {
+            Transport::Udp => &self.udp_addrs,
+            Transport::Tcp => &self.tcp_addrs,
+        }
+    }
+
+    /// The listening IP for this transport and family, if it is a specific one.
+    fn bound_ip(&self, transport: Transport, v6: bool) -> Option<IpAddr> {
+        self.addrs(transport)
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
     }
 
     /// A fresh unique token (branches, tags, Call-IDs).
@@ -79,10 +102,7 @@ impl Local {
         if let Some(h) = &self.advertised {
             return h.clone();
         }
-        let ip = match self
-            .transports
-            .bound_ip(peer.transport, peer.addr.is_ipv6())
-        {
+        let ip = match self.bound_ip(peer.transport, peer.addr.is_ipv6()) {
             Some(ip) => ip,
             None => {
                 let remote = peer.addr.ip();
@@ -96,8 +116,14 @@ impl Local {
     }
 
     fn port_for(&self, peer: Peer) -> u16 {
-        self.transports
-            .local_port(peer.transport, peer.addr.is_ipv6())
+        let v6 = peer.addr.is_ipv6();
+        self.addrs(peer.transport)
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .or(self.addrs(peer.transport).first())
+            .or(self.udp_addrs.first())
+            .map(|a| a.port())
+            .unwrap_or(5060)
     }
 
     /// A Via value for a request to `peer` with this branch.
@@ -241,6 +267,18 @@ macro_rules! ctx {
     };
 }
 
+/// Where the core puts bytes on the wire: the transports, or a recorder in tests.
+pub trait Wire: Send {
+    /// Sends bytes to a peer (never blocks; failures are counted by the implementation).
+    fn send(&self, to: Peer, bytes: Bytes);
+}
+
+impl Wire for Transports {
+    fn send(&self, to: Peer, bytes: Bytes) {
+        Transports::send(self, to, bytes)
+    }
+}
+
 /// The SIP core task state.
 pub struct Core {
     txn: TransactionLayer,
@@ -248,10 +286,11 @@ pub struct Core {
     directory: Directory,
     calls: Calls,
     store: Arc<Store>,
-    transports: Transports,
+    wire: Box<dyn Wire>,
     metrics: Arc<Metrics>,
     local: Local,
     out: Vec<Action>,
+    next_sweep: Option<Instant>,
 }
 
 fn unix_now(now: SystemTime) -> u64 {
@@ -261,11 +300,13 @@ fn unix_now(now: SystemTime) -> u64 {
 }
 
 impl Core {
-    /// Builds the core from the configuration and the store's current contents.
+    /// Builds the core from the configuration and the store's current contents;
+    /// `local` describes the bound listeners and `wire` sends.
     pub fn new(
         cfg: &NodeConfig,
         store: Arc<Store>,
-        transports: Transports,
+        local: Local,
+        wire: Box<dyn Wire>,
         metrics: Arc<Metrics>,
     ) -> Result<Core, crate::store::StoreError> {
         let timers = TimerConfig {
@@ -306,55 +347,61 @@ impl Core {
                 max_calls: cfg.calls.max_calls,
             }),
             store,
-            local: Local::new(cfg, transports.clone()),
-            transports,
+            local,
+            wire,
             metrics,
             out: Vec::new(),
+            next_sweep: None,
         })
     }
 
     /// Runs until the inbound queue closes.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>) {
-        let mut next_sweep = Instant::now() + Duration::from_secs(1);
         loop {
-            let deadline = [
-                self.txn.next_deadline(),
-                self.calls.next_deadline(),
-                Some(next_sweep),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(next_sweep);
+            let deadline = self.next_deadline(Instant::now());
             tokio::select! {
                 m = rx.recv() => {
                     let Some(m) = m else { break };
-                    self.on_inbound(m);
+                    let now = Instant::now();
+                    self.on_inbound(m, now);
                     // Drain what is already queued before looking at timers again.
                     for _ in 0..512 {
                         match rx.try_recv() {
-                            Ok(m) => self.on_inbound(m),
+                            Ok(m) => self.on_inbound(m, now),
                             Err(_) => break,
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
-            let now = Instant::now();
-            if self.txn.next_deadline().is_some_and(|d| d <= now) {
-                let a = self.txn.on_timer(now);
-                self.execute(a, now);
-            }
-            if self.calls.next_deadline().is_some_and(|d| d <= now) {
-                let mut ctx = ctx!(self, now);
-                self.calls.on_timer(&mut ctx);
-                self.flush(now);
-            }
-            if now >= next_sweep {
-                next_sweep = now + Duration::from_secs(1);
-                let changes = self.registrar.bindings.sweep(unix_now(SystemTime::now()));
-                self.persist_bindings(changes);
-            }
+            self.on_timer(Instant::now());
+        }
+    }
+
+    /// When [`Core::on_timer`] next has work.
+    pub fn next_deadline(&mut self, now: Instant) -> Instant {
+        let sweep = *self.next_sweep.get_or_insert(now + Duration::from_secs(1));
+        [self.txn.next_deadline(), self.calls.next_deadline()]
+            .into_iter()
+            .flatten()
+            .fold(sweep, Instant::min)
+    }
+
+    /// Fires due transaction and call timers and sweeps expired bindings.
+    pub fn on_timer(&mut self, now: Instant) {
+        if self.txn.next_deadline().is_some_and(|d| d <= now) {
+            let a = self.txn.on_timer(now);
+            self.execute(a, now);
+        }
+        if self.calls.next_deadline().is_some_and(|d| d <= now) {
+            let mut ctx = ctx!(self, now);
+            self.calls.on_timer(&mut ctx);
+            self.flush(now);
+        }
+        if self.next_sweep.is_none_or(|t| now >= t) {
+            self.next_sweep = Some(now + Duration::from_secs(1));
+            let changes = self.registrar.bindings.sweep(unix_now(SystemTime::now()));
+            self.persist_bindings(changes);
         }
     }
 
@@ -363,8 +410,7 @@ impl Core {
     }
 
     /// Handles one message from a transport.
-    pub fn on_inbound(&mut self, inbound: Inbound) {
-        let now = Instant::now();
+    pub fn on_inbound(&mut self, inbound: Inbound, now: Instant) {
         let Inbound { mut msg, from } = inbound;
         let actions = if msg.is_request() {
             stamp_via(&mut msg, from);
@@ -380,7 +426,7 @@ impl Core {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
             match a {
-                Action::Send { bytes, to } => self.transports.send(to, bytes),
+                Action::Send { bytes, to } => self.wire.send(to, bytes),
                 Action::Deliver(ev) => {
                     self.on_tu_event(ev, now);
                     queue.extend(self.out.drain(..));
@@ -625,3 +671,6 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! Starting a node: store, first-start seeding, transports and the SIP core.
 
 use crate::config::NodeConfig;
-use crate::core::Core;
+use crate::core::{Core, Local};
 use crate::metrics::Metrics;
 use crate::routing::PbxSeed;
 use crate::sip::transport::{TransportConfig, Transports};
@@ -83,7 +83,19 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     .await
     .context("cannot open the SIP listeners")?;
     tracing::info!(udp = ?transports.udp_addrs, tcp = ?transports.tcp_addrs, "SIP listening");
-    let core = Core::new(&cfg, store.clone(), transports, metrics.clone())?;
+    let local = Local::new(
+        &cfg.sip.advertised_host,
+        &cfg.sip.user_agent,
+        transports.udp_addrs.clone(),
+        transports.tcp_addrs.clone(),
+    );
+    let core = Core::new(
+        &cfg,
+        store.clone(),
+        local,
+        Box::new(transports),
+        metrics.clone(),
+    )?;
     let stats = metrics.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -103,34 +103,6 @@ impl Transports {
         Ok(t)
     }
 
-    /// Port we listen on for this transport and address family (for Via/Contact).
-    pub fn local_port(&self, transport: Transport, v6: bool) -> u16 {
-        let addrs = match transport {
-            Transport::Udp => &self.udp_addrs,
-            Transport::Tcp => &self.tcp_addrs,
-        };
-        addrs
-            .iter()
-            .find(|a| a.is_ipv6() == v6)
-            .or(addrs.first())
-            .or(self.udp_addrs.first())
-            .map(|a| a.port())
-            .unwrap_or(5060)
-    }
-
-    /// The listening IP for this transport and family, if it is a specific one.
-    pub fn bound_ip(&self, transport: Transport, v6: bool) -> Option<IpAddr> {
-        let addrs = match transport {
-            Transport::Udp => &self.udp_addrs,
-            Transport::Tcp => &self.tcp_addrs,
-        };
-        addrs
-            .iter()
-            .find(|a| a.is_ipv6() == v6)
-            .map(|a| a.ip())
-            .filter(|ip| !ip.is_unspecified())
-    }
-
     /// Sends bytes to a peer: UDP datagram, or the TCP connection to it (opened if needed).
     pub fn send(&self, to: Peer, bytes: Bytes) {
         match to.transport {

@@ -1,0 +1,501 @@
+//! The SIP core as a whole state machine: real transactions, registrar, calls and a
+//! RocksDB store in a temp dir, with a recording wire and an injected clock.
+
+use super::*;
+use crate::calls::cdr::{Cdr, Disposition};
+use crate::registrar::Binding;
+use crate::routing::Extension;
+use crate::sip::message::parse;
+use std::sync::Mutex;
+
+type Sent = Arc<Mutex<Vec<(Peer, Bytes)>>>;
+
+struct Recorder(Sent);
+
+impl Wire for Recorder {
+    fn send(&self, to: Peer, bytes: Bytes) {
+        self.0.lock().unwrap().push((to, bytes));
+    }
+}
+
+fn udp(port: u16) -> Peer {
+    Peer {
+        transport: Transport::Udp,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    }
+}
+
+const A: u16 = 7001;
+const B1: u16 = 7002;
+const B2: u16 = 7003;
+
+struct Harness {
+    core: Core,
+    sent: Sent,
+    store: Arc<Store>,
+    t0: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A core with extensions 1001 (trusted from 127.0.0.1) and 1002 (registered at B1
+    /// and B2, or at the given ports).
+    fn new(callee_ports: &[u16]) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut cmds = vec![
+            Command::UpsertExtension(Extension {
+                number: "1001".into(),
+                name: "Alice".into(),
+                password: "pw1001".into(),
+                max_contacts: None,
+                trusted_ips: vec!["127.0.0.1".parse().unwrap()],
+            }),
+            Command::UpsertExtension(Extension {
+                number: "1002".into(),
+                name: String::new(),
+                password: "pw1002".into(),
+                max_contacts: None,
+                trusted_ips: vec![],
+            }),
+        ];
+        let far = unix_now(SystemTime::now()) + 3600;
+        for p in callee_ports {
+            cmds.push(Command::PutBinding {
+                aor: "1002".into(),
+                binding: Binding {
+                    contact: format!("sip:1002@127.0.0.1:{p}"),
+                    expires_at: far,
+                    q: 1.0,
+                    call_id: format!("reg-{p}"),
+                    cseq: 1,
+                    source: udp(*p),
+                    user_agent: None,
+                },
+            });
+        }
+        store.apply_all(&cmds).unwrap();
+        let sent: Sent = Arc::default();
+        let cfg = NodeConfig::from_toml("[calls]\nring_timeout_secs = 30\n").unwrap();
+        let local = Local::new(
+            "",
+            "test",
+            vec!["127.0.0.1:5060".parse().unwrap()],
+            vec!["127.0.0.1:5060".parse().unwrap()],
+        );
+        let core = Core::new(
+            &cfg,
+            store.clone(),
+            local,
+            Box::new(Recorder(sent.clone())),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        Harness {
+            core,
+            sent,
+            store,
+            t0: Instant::now(),
+            _dir: dir,
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    fn recv(&mut self, from: u16, msg: &SipMessage, ms: u64) {
+        let msg = parse(&msg.to_bytes()).unwrap();
+        self.core.on_inbound(
+            Inbound {
+                msg,
+                from: udp(from),
+            },
+            self.at(ms),
+        );
+    }
+
+    fn recv_text(&mut self, from: u16, text: &str, ms: u64) {
+        let msg = parse(text.as_bytes()).unwrap();
+        self.core.on_inbound(
+            Inbound {
+                msg,
+                from: udp(from),
+            },
+            self.at(ms),
+        );
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.core.on_timer(self.at(ms));
+    }
+
+    /// Everything sent since the last call, parsed, with its destination port.
+    fn take(&mut self) -> Vec<(u16, SipMessage)> {
+        self.sent
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|(p, b)| (p.addr.port(), parse(&b).unwrap()))
+            .collect()
+    }
+
+    fn cdrs(&self) -> Vec<Cdr> {
+        self.store.cdrs().unwrap()
+    }
+}
+
+fn find<'a>(
+    msgs: &'a [(u16, SipMessage)],
+    port: u16,
+    pred: impl Fn(&SipMessage) -> bool,
+) -> Option<&'a SipMessage> {
+    msgs.iter()
+        .find(|(p, m)| *p == port && pred(m))
+        .map(|(_, m)| m)
+}
+
+fn is_req(m: &SipMessage, method: Method) -> bool {
+    m.method() == Some(&method)
+}
+
+fn is_status(m: &SipMessage, code: u16) -> bool {
+    m.status() == Some(code)
+}
+
+const SDP: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+fn invite(to: &str, branch: &str) -> String {
+    format!(
+        "INVITE sip:{to}@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch={branch};rport\r\n\
+From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: <sip:{to}@127.0.0.1>\r\nCall-ID: call-a\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:{A}>\r\nMax-Forwards: 70\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    )
+}
+
+/// The callee's response to the INVITE the core sent it.
+fn answer(req: &SipMessage, code: u16, reason: &str, tag: &str, port: u16) -> SipMessage {
+    let mut r = req.response(code, reason);
+    r.set_to_tag(tag);
+    if code < 300 {
+        r.headers
+            .push("Contact", format!("<sip:1002@127.0.0.1:{port}>"));
+    }
+    if code == 200 {
+        r.set_body(
+            Some("application/sdp"),
+            Bytes::from_static(b"v=0\r\nanswer\r\n"),
+        );
+    }
+    r
+}
+
+/// The ACK the caller sends for the 2xx it got.
+fn ack_for(ok: &SipMessage) -> String {
+    let to = ok.headers.get("To").unwrap();
+    format!(
+        "ACK sip:1002@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch=z9hG4bKack1;rport\r\n\
+From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: {to}\r\nCall-ID: call-a\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n\r\n"
+    )
+}
+
+#[test]
+fn answered_call_forks_relays_and_writes_one_cdr() {
+    let mut h = Harness::new(&[B1, B2]);
+    h.recv_text(A, &invite("1002", "z9hG4bKinv1"), 0);
+    let out = h.take();
+    assert!(
+        find(&out, A, |m| is_status(m, 100)).is_some(),
+        "100 Trying to the caller"
+    );
+    let inv1 = find(&out, B1, |m| is_req(m, Method::Invite))
+        .expect("fork to B1")
+        .clone();
+    let inv2 = find(&out, B2, |m| is_req(m, Method::Invite))
+        .expect("fork to B2")
+        .clone();
+    assert_ne!(inv1.call_id(), Some("call-a"), "B-leg has its own Call-ID");
+    assert_eq!(inv1.call_id(), inv2.call_id());
+    assert_eq!(
+        &inv1.body[..],
+        SDP.as_bytes(),
+        "SDP passes through unchanged"
+    );
+    assert_eq!(inv1.uri(), Some("sip:1002@127.0.0.1:7002"));
+    assert!(inv1.headers.get("From").unwrap().contains("Alice"));
+
+    h.recv(B1, &answer(&inv1, 180, "Ringing", "b1", B1), 100);
+    let out = h.take();
+    let ringing = find(&out, A, |m| is_status(m, 180)).expect("180 relayed");
+    let a_tag = ringing.to_tag().expect("our To tag");
+
+    h.recv(B2, &answer(&inv2, 200, "OK", "b2", B2), 2000);
+    let out = h.take();
+    let ok = find(&out, A, |m| is_status(m, 200))
+        .expect("200 relayed")
+        .clone();
+    assert_eq!(ok.to_tag().as_deref(), Some(a_tag.as_str()));
+    assert_eq!(&ok.body[..], b"v=0\r\nanswer\r\n");
+    assert!(ok
+        .headers
+        .get("Contact")
+        .unwrap()
+        .contains("127.0.0.1:5060"));
+    assert!(
+        find(&out, B1, |m| is_req(m, Method::Cancel)).is_some(),
+        "losing fork cancelled"
+    );
+    assert!(
+        find(&out, B2, |m| is_req(m, Method::Ack)).is_none(),
+        "ACK waits for the caller's"
+    );
+
+    // The cancelled fork answers 200 to the CANCEL and 487 to the INVITE, which we ACK.
+    let cancel = find(&out, B1, |m| is_req(m, Method::Cancel))
+        .unwrap()
+        .clone();
+    h.recv(B1, &cancel.response(200, "OK"), 2010);
+    h.recv(
+        B1,
+        &answer(&inv1, 487, "Request Terminated", "b1", B1),
+        2020,
+    );
+    let out = h.take();
+    assert!(
+        find(&out, B1, |m| is_req(m, Method::Ack)).is_some(),
+        "487 acknowledged"
+    );
+
+    h.recv_text(A, &ack_for(&ok), 2100);
+    let out = h.take();
+    let ack = find(&out, B2, |m| is_req(m, Method::Ack)).expect("ACK to the winner");
+    assert_eq!(ack.to_tag().as_deref(), Some("b2"));
+    assert_eq!(ack.cseq(), Some((1, Method::Ack)));
+
+    // The callee hangs up: 200 to it, BYE to the caller, one CDR.
+    let b_dialog_bye = format!(
+        "BYE sip:1001@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{B2};branch=z9hG4bKbye2;rport\r\n\
+From: <sip:1002@127.0.0.1>;tag=b2\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\n\r\n",
+        inv2.headers.get("From").unwrap(),
+        inv2.call_id().unwrap()
+    );
+    h.recv_text(B2, &b_dialog_bye, 5200);
+    let out = h.take();
+    assert!(find(&out, B2, |m| is_status(m, 200)).is_some());
+    let bye = find(&out, A, |m| is_req(m, Method::Bye)).expect("BYE to the caller");
+    assert_eq!(bye.call_id(), Some("call-a"));
+    assert_eq!(bye.from_tag().as_deref(), Some(a_tag.as_str()));
+    assert_eq!(bye.to_tag().as_deref(), Some("atag"));
+    assert_eq!(bye.uri(), Some("sip:1001@127.0.0.1:7001"));
+
+    let cdrs = h.cdrs();
+    assert_eq!(cdrs.len(), 1);
+    let c = &cdrs[0];
+    assert_eq!((c.caller.as_str(), c.callee.as_str()), ("1001", "1002"));
+    assert_eq!(c.disposition, Disposition::Answered);
+    assert_eq!(c.hangup_cause, "normal_clearing");
+    assert_eq!(c.hangup_by.as_deref(), Some("callee"));
+    assert!(c.answer.is_some());
+}
+
+#[test]
+fn all_forks_busy_gives_486_and_busy_cdr() {
+    let mut h = Harness::new(&[B1, B2]);
+    h.recv_text(A, &invite("1002", "z9hG4bKinv2"), 0);
+    let out = h.take();
+    let inv1 = find(&out, B1, |m| is_req(m, Method::Invite))
+        .unwrap()
+        .clone();
+    let inv2 = find(&out, B2, |m| is_req(m, Method::Invite))
+        .unwrap()
+        .clone();
+    h.recv(B1, &answer(&inv1, 486, "Busy Here", "b1", B1), 10);
+    assert!(find(&h.take(), A, |m| m.status().is_some_and(|c| c >= 300)).is_none());
+    h.recv(B2, &answer(&inv2, 486, "Busy Here", "b2", B2), 20);
+    let out = h.take();
+    let busy = find(&out, A, |m| is_status(m, 486)).expect("486 to the caller");
+    assert!(busy.to_tag().is_some());
+    let cdrs = h.cdrs();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].disposition, Disposition::Busy);
+    assert_eq!(cdrs[0].hangup_cause, "user_busy");
+}
+
+#[test]
+fn ring_timeout_gives_480_and_cancels_forks() {
+    let mut h = Harness::new(&[B1]);
+    h.recv_text(A, &invite("1002", "z9hG4bKinv3"), 0);
+    let out = h.take();
+    let inv1 = find(&out, B1, |m| is_req(m, Method::Invite))
+        .unwrap()
+        .clone();
+    h.recv(B1, &answer(&inv1, 180, "Ringing", "b1", B1), 50);
+    h.take();
+    h.tick(29_000);
+    assert!(
+        find(&h.take(), A, |m| is_status(m, 480)).is_none(),
+        "not before 30 s"
+    );
+    h.tick(30_001);
+    let out = h.take();
+    assert!(find(&out, A, |m| is_status(m, 480)).is_some());
+    assert!(find(&out, B1, |m| is_req(m, Method::Cancel)).is_some());
+    let cdrs = h.cdrs();
+    assert_eq!(cdrs[0].disposition, Disposition::NoAnswer);
+    assert_eq!(cdrs[0].hangup_cause, "no_answer");
+}
+
+#[test]
+fn caller_cancel_gives_487_and_cancelled_cdr() {
+    let mut h = Harness::new(&[B1]);
+    h.recv_text(A, &invite("1002", "z9hG4bKinv4"), 0);
+    let out = h.take();
+    let inv1 = find(&out, B1, |m| is_req(m, Method::Invite))
+        .unwrap()
+        .clone();
+    h.recv(B1, &answer(&inv1, 180, "Ringing", "b1", B1), 50);
+    h.take();
+    let cancel = format!(
+        "CANCEL sip:1002@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch=z9hG4bKinv4;rport\r\n\
+From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: <sip:1002@127.0.0.1>\r\nCall-ID: call-a\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n\r\n"
+    );
+    h.recv_text(A, &cancel, 1000);
+    let out = h.take();
+    assert!(find(&out, A, |m| is_status(m, 200)
+        && m.cseq().unwrap().1 == Method::Cancel)
+    .is_some());
+    assert!(find(&out, A, |m| is_status(m, 487)).is_some());
+    assert!(find(&out, B1, |m| is_req(m, Method::Cancel)).is_some());
+    assert_eq!(h.cdrs()[0].disposition, Disposition::Cancelled);
+}
+
+#[test]
+fn unknown_and_unregistered_numbers() {
+    let mut h = Harness::new(&[]);
+    h.recv_text(A, &invite("1999", "z9hG4bKinv5"), 0);
+    assert!(find(&h.take(), A, |m| is_status(m, 404)).is_some());
+    h.recv_text(A, &invite("1002", "z9hG4bKinv6"), 10);
+    assert!(find(&h.take(), A, |m| is_status(m, 480)).is_some());
+    let cdrs = h.cdrs();
+    assert_eq!(cdrs.len(), 2);
+    assert_eq!(cdrs[0].hangup_cause, "unallocated_number");
+    assert_eq!(cdrs[0].disposition, Disposition::Failed);
+    assert_eq!(cdrs[1].hangup_cause, "subscriber_absent");
+}
+
+#[test]
+fn untrusted_caller_is_challenged_with_407() {
+    let mut h = Harness::new(&[B1]);
+    let text =
+        invite("1001", "z9hG4bKinv7").replace("sip:1001@127.0.0.1>;tag", "sip:1002@127.0.0.1>;tag");
+    h.recv_text(A, &text, 0);
+    let out = h.take();
+    let r = find(&out, A, |m| is_status(m, 407)).expect("407");
+    assert!(r
+        .headers
+        .get("Proxy-Authenticate")
+        .unwrap()
+        .contains("qop=\"auth\""));
+    assert!(h.cdrs().is_empty(), "a challenge is not a call attempt");
+}
+
+fn options(extra: &str, branch: &str) -> String {
+    format!(
+        "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch={branch}\r\n\
+From: <sip:1001@127.0.0.1>;tag=o1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: opt-{branch}\r\nCSeq: 1 OPTIONS\r\n{extra}\r\n"
+    )
+}
+
+#[test]
+fn core_checks_answer_as_rfc_3261_says() {
+    let mut h = Harness::new(&[B1]);
+    h.recv_text(A, &options("Max-Forwards: 70\r\n", "z9hG4bKo1"), 0);
+    let out = h.take();
+    let ok = find(&out, A, |m| is_status(m, 200)).unwrap();
+    assert!(ok.headers.get("Allow").unwrap().contains("INVITE"));
+    assert_eq!(ok.headers.get("Accept"), Some("application/sdp"));
+    assert!(ok.headers.get("Supported").is_some());
+
+    h.recv_text(A, &options("Max-Forwards: 0\r\n", "z9hG4bKo2"), 0);
+    assert!(find(&h.take(), A, |m| is_status(m, 483)).is_some());
+
+    h.recv_text(A, &options("Require: foo, bar\r\n", "z9hG4bKo3"), 0);
+    let out = h.take();
+    let r = find(&out, A, |m| is_status(m, 420)).unwrap();
+    assert_eq!(r.headers.get("Unsupported"), Some("foo, bar"));
+
+    let foo = options("", "z9hG4bKo4").replace("OPTIONS", "FOO");
+    h.recv_text(A, &foo, 0);
+    assert!(find(&h.take(), A, |m| is_status(m, 501)).is_some());
+
+    let sub = options("", "z9hG4bKo5").replace("OPTIONS", "SUBSCRIBE");
+    h.recv_text(A, &sub, 0);
+    assert!(find(&h.take(), A, |m| is_status(m, 405)).is_some());
+
+    // A request that carries one of our own branches has come back to us.
+    h.recv_text(A, &invite("1002", "z9hG4bKinv8"), 0);
+    let out = h.take();
+    let fork = find(&out, B1, |m| is_req(m, Method::Invite)).unwrap();
+    let ours = fork.headers.get("Via").unwrap().to_string();
+    let looped = options(&format!("Via: {ours}\r\n"), "z9hG4bKo6");
+    h.recv_text(A, &looped, 0);
+    assert!(find(&h.take(), A, |m| is_status(m, 482)).is_some());
+
+    let bye = options("", "z9hG4bKo7").replace("OPTIONS", "BYE");
+    h.recv_text(A, &bye, 0);
+    assert!(find(&h.take(), A, |m| is_status(m, 481)).is_some());
+}
+
+#[test]
+fn reinvite_is_relayed_and_acked_end_to_end() {
+    let mut h = Harness::new(&[B1]);
+    h.recv_text(A, &invite("1002", "z9hG4bKinv9"), 0);
+    let out = h.take();
+    let inv1 = find(&out, B1, |m| is_req(m, Method::Invite))
+        .unwrap()
+        .clone();
+    h.recv(B1, &answer(&inv1, 200, "OK", "b1", B1), 100);
+    let ok = find(&h.take(), A, |m| is_status(m, 200)).unwrap().clone();
+    h.recv_text(A, &ack_for(&ok), 150);
+    h.take();
+
+    // Caller puts the call on hold.
+    let hold_sdp = SDP.replace("m=audio", "a=sendonly\r\nm=audio");
+    let reinvite = format!(
+        "INVITE sip:1002@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch=z9hG4bKre1;rport\r\n\
+From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: {}\r\nCall-ID: call-a\r\nCSeq: 2 INVITE\r\n\
+Contact: <sip:1001@127.0.0.1:{A}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{hold_sdp}",
+        ok.headers.get("To").unwrap(),
+        hold_sdp.len()
+    );
+    h.recv_text(A, &reinvite, 1000);
+    let out = h.take();
+    let re_b = find(&out, B1, |m| is_req(m, Method::Invite))
+        .expect("re-INVITE relayed")
+        .clone();
+    assert_eq!(re_b.call_id(), inv1.call_id());
+    assert_eq!(re_b.cseq(), Some((2, Method::Invite)));
+    assert_eq!(&re_b.body[..], hold_sdp.as_bytes());
+
+    // A second re-INVITE while one is pending gets 491.
+    let glare = reinvite
+        .replace("z9hG4bKre1", "z9hG4bKre2")
+        .replace("CSeq: 2 INVITE", "CSeq: 3 INVITE");
+    h.recv_text(A, &glare, 1010);
+    assert!(find(&h.take(), A, |m| is_status(m, 491)).is_some());
+
+    h.recv(B1, &answer(&re_b, 200, "OK", "b1", B1), 1100);
+    let out = h.take();
+    let ok2 =
+        find(&out, A, |m| is_status(m, 200) && m.cseq().unwrap().0 == 2).expect("200 relayed");
+    assert!(!ok2.body.is_empty());
+    let ack2 = ack_for(&ok2)
+        .replace("CSeq: 1 ACK", "CSeq: 2 ACK")
+        .replace("z9hG4bKack1", "z9hG4bKack2");
+    h.recv_text(A, &ack2, 1200);
+    let out = h.take();
+    let ack_b = find(&out, B1, |m| is_req(m, Method::Ack)).expect("ACK relayed");
+    assert_eq!(ack_b.cseq(), Some((2, Method::Ack)));
+}
