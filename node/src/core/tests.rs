@@ -145,11 +145,11 @@ impl Harness {
     }
 }
 
-fn find<'a>(
-    msgs: &'a [(u16, SipMessage)],
+fn find(
+    msgs: &[(u16, SipMessage)],
     port: u16,
     pred: impl Fn(&SipMessage) -> bool,
-) -> Option<&'a SipMessage> {
+) -> Option<&SipMessage> {
     msgs.iter()
         .find(|(p, m)| *p == port && pred(m))
         .map(|(_, m)| m)
@@ -491,7 +491,7 @@ Contact: <sip:1001@127.0.0.1:{A}>\r\nMax-Forwards: 70\r\nContent-Type: applicati
     let ok2 =
         find(&out, A, |m| is_status(m, 200) && m.cseq().unwrap().0 == 2).expect("200 relayed");
     assert!(!ok2.body.is_empty());
-    let ack2 = ack_for(&ok2)
+    let ack2 = ack_for(ok2)
         .replace("CSeq: 1 ACK", "CSeq: 2 ACK")
         .replace("z9hG4bKack1", "z9hG4bKack2");
     h.recv_text(A, &ack2, 1200);
