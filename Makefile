@@ -4,14 +4,15 @@
 
 SHELL := /bin/bash
 export CARGO_INCREMENTAL := 0
-# Link RocksDB from Debian's librocksdb-dev instead of building the bundled C++ (~16 min).
+# Link RocksDB and jemalloc from Debian's packages instead of building bundled C/C++.
 export ROCKSDB_LIB_DIR ?= /usr/lib/$(shell uname -m)-linux-gnu
+export JEMALLOC_OVERRIDE ?= /usr/lib/$(shell uname -m)-linux-gnu/libjemalloc.a
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/release
 export SOFTSWITCH_BIN := $(BIN)/softswitch
 export SWITCHCTL_BIN := $(BIN)/switchctl
 
-BUILD_PKGS := librocksdb-dev libclang-dev pkg-config gcc
+BUILD_PKGS := librocksdb-dev libjemalloc-dev libclang-dev pkg-config gcc
 TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps
 BENCH_PKGS := sip-tester kamailio procps time iproute2
 
