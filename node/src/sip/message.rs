@@ -6,6 +6,7 @@
 //! `rsip`, which has no compact forms and no folding, hence the pre-pass here.
 
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -129,7 +130,7 @@ pub enum StartLine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// Canonical name (long form, conventional capitalisation for known headers).
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// Value with surrounding whitespace removed.
     pub value: String,
 }
@@ -282,7 +283,7 @@ impl ParseError {
 }
 
 /// Canonical long name for a header name in any case or compact form.
-pub fn canonical_name(name: &str) -> String {
+pub fn canonical_name(name: &str) -> Cow<'static, str> {
     const KNOWN: &[&str] = &[
         "Accept",
         "Accept-Encoding",
@@ -356,13 +357,17 @@ pub fn canonical_name(name: &str) -> String {
         _ => None,
     };
     if let Some(l) = long {
-        return l.to_string();
+        return Cow::Borrowed(l);
+    }
+    // Most peers already write the canonical spelling: try an exact match first.
+    if let Some(k) = KNOWN.iter().find(|k| **k == name) {
+        return Cow::Borrowed(k);
     }
     KNOWN
         .iter()
         .find(|k| k.eq_ignore_ascii_case(name))
-        .map(|k| k.to_string())
-        .unwrap_or_else(|| name.to_string())
+        .map(|k| Cow::Borrowed(*k))
+        .unwrap_or_else(|| Cow::Owned(name.to_string()))
 }
 
 /// Headers whose comma-separated values are split into one field each.
@@ -498,17 +503,18 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, ParseError> {
 }
 
 /// Undoes line folding (RFC 3261 §7.3.1) and accepts bare LF line ends.
-fn unfold(head: &str) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
+fn unfold(head: &str) -> Vec<Cow<'_, str>> {
+    let mut lines: Vec<Cow<'_, str>> = Vec::with_capacity(16);
     for raw in head.split('\n') {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if (line.starts_with(' ') || line.starts_with('\t')) && !lines.is_empty() {
             if let Some(last) = lines.last_mut() {
-                last.push(' ');
-                last.push_str(line.trim());
+                let joined = last.to_mut();
+                joined.push(' ');
+                joined.push_str(line.trim());
             }
         } else if !line.is_empty() {
-            lines.push(line.to_string());
+            lines.push(Cow::Borrowed(line));
         }
     }
     lines
@@ -1027,7 +1033,7 @@ impl SipMessage {
     pub fn response(&self, code: u16, reason: &str) -> SipMessage {
         let mut headers = Headers::default();
         for h in self.headers.iter() {
-            if matches!(h.name.as_str(), "Via" | "From" | "To" | "Call-ID" | "CSeq")
+            if matches!(h.name.as_ref(), "Via" | "From" | "To" | "Call-ID" | "CSeq")
                 || (h.name == "Record-Route" && (101..300).contains(&code))
                 || (h.name == "Timestamp" && code == 100)
             {
