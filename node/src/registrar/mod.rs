@@ -312,7 +312,7 @@ mod tests {
     }
 
     fn shape(m: &SipMessage) -> (Option<u16>, Vec<String>) {
-        let names = m.headers.iter().map(|h| h.name.clone()).collect();
+        let names = m.headers.iter().map(|h| h.name.to_string()).collect();
         (m.status(), names)
     }
 
