@@ -291,6 +291,19 @@ pub struct Core {
     local: Local,
     out: Vec<Action>,
     next_sweep: Option<Instant>,
+    /// Binding changes waiting for the next batched store write.
+    pending_bindings: Vec<Command>,
+    /// REGISTER responses waiting for that write: (transaction, 200, 500 if it fails).
+    held: Vec<(TxKey, SipMessage, SipMessage)>,
+}
+
+fn binding_command(change: crate::registrar::Change) -> Command {
+    match change {
+        crate::registrar::Change::Upsert { aor, binding } => Command::PutBinding { aor, binding },
+        crate::registrar::Change::Remove { aor, contact } => {
+            Command::RemoveBinding { aor, contact }
+        }
+    }
 }
 
 fn unix_now(now: SystemTime) -> u64 {
@@ -352,6 +365,8 @@ impl Core {
             metrics,
             out: Vec::new(),
             next_sweep: None,
+            pending_bindings: Vec::new(),
+            held: Vec::new(),
         })
     }
 
@@ -371,6 +386,7 @@ impl Core {
                             Err(_) => break,
                         }
                     }
+                    self.commit(now);
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
@@ -401,7 +417,8 @@ impl Core {
         if self.next_sweep.is_none_or(|t| now >= t) {
             self.next_sweep = Some(now + Duration::from_secs(1));
             let changes = self.registrar.bindings.sweep(unix_now(SystemTime::now()));
-            self.persist_bindings(changes);
+            let cmds: Vec<Command> = changes.into_iter().map(binding_command).collect();
+            self.write_bindings(&cmds);
         }
     }
 
@@ -409,7 +426,8 @@ impl Core {
         ctx!(self, now)
     }
 
-    /// Handles one message from a transport.
+    /// Handles one message from a transport; REGISTER answers that promise a stored
+    /// binding go out at the next [`Core::commit`].
     pub fn on_inbound(&mut self, inbound: Inbound, now: Instant) {
         let Inbound { mut msg, from } = inbound;
         let actions = if msg.is_request() {
@@ -587,33 +605,41 @@ impl Core {
         } else if msg.headers.get("Authorization").is_some() {
             self.metrics.inc(&self.metrics.registrations_failed);
         }
-        let mut response = outcome.response;
-        if !self.persist_bindings(outcome.changes) {
-            // The promise of a 200 is that the binding is stored; without that, refuse.
-            response = msg.response(500, "Store Unavailable");
-            response.headers.push("Retry-After", "5");
+        if outcome.changes.is_empty() {
+            let mut ctx = self.ctx(now);
+            return ctx.respond(&key, outcome.response);
         }
-        let mut ctx = self.ctx(now);
-        ctx.respond(&key, response);
+        // The 200 promises that the binding is stored: hold it until the batched write
+        // in `commit` succeeds, and answer 500 if it fails.
+        self.pending_bindings
+            .extend(outcome.changes.into_iter().map(binding_command));
+        let mut refusal = msg.response(500, "Store Unavailable");
+        refusal.headers.push("Retry-After", "5");
+        self.held.push((key, outcome.response, refusal));
+    }
+
+    /// Writes the binding changes of the messages handled since the last commit in one
+    /// store batch, then releases the responses that promised them.
+    pub fn commit(&mut self, now: Instant) {
+        if self.held.is_empty() && self.pending_bindings.is_empty() {
+            return;
+        }
+        let cmds = std::mem::take(&mut self.pending_bindings);
+        let ok = self.write_bindings(&cmds);
+        let held = std::mem::take(&mut self.held);
+        let mut ctx = ctx!(self, now);
+        for (key, response, refusal) in held {
+            ctx.respond(&key, if ok { response } else { refusal });
+        }
+        self.flush(now);
     }
 
     /// Writes binding changes; false if the store refused them.
-    fn persist_bindings(&mut self, changes: Vec<crate::registrar::Change>) -> bool {
-        if changes.is_empty() {
+    fn write_bindings(&mut self, cmds: &[Command]) -> bool {
+        if cmds.is_empty() {
             return true;
         }
-        let cmds: Vec<Command> = changes
-            .into_iter()
-            .map(|c| match c {
-                crate::registrar::Change::Upsert { aor, binding } => {
-                    Command::PutBinding { aor, binding }
-                }
-                crate::registrar::Change::Remove { aor, contact } => {
-                    Command::RemoveBinding { aor, contact }
-                }
-            })
-            .collect();
-        match self.store.apply_all(&cmds) {
+        match self.store.apply_all(cmds) {
             Ok(()) => true,
             Err(e) => {
                 self.metrics.inc(&self.metrics.store_errors);

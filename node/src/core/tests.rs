@@ -113,6 +113,7 @@ impl Harness {
             },
             self.at(ms),
         );
+        self.core.commit(self.at(ms));
     }
 
     fn recv_text(&mut self, from: u16, text: &str, ms: u64) {
@@ -124,6 +125,7 @@ impl Harness {
             },
             self.at(ms),
         );
+        self.core.commit(self.at(ms));
     }
 
     fn tick(&mut self, ms: u64) {
@@ -498,4 +500,61 @@ Contact: <sip:1001@127.0.0.1:{A}>\r\nMax-Forwards: 70\r\nContent-Type: applicati
     let out = h.take();
     let ack_b = find(&out, B1, |m| is_req(m, Method::Ack)).expect("ACK relayed");
     assert_eq!(ack_b.cseq(), Some((2, Method::Ack)));
+}
+
+fn register(user: &str, cseq: u32, auth: &str) -> String {
+    format!(
+        "REGISTER sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{B1};branch=z9hG4bKreg{cseq};rport\r\n\
+From: <sip:{user}@127.0.0.1>;tag=r1\r\nTo: <sip:{user}@127.0.0.1>\r\nCall-ID: reg-call\r\nCSeq: {cseq} REGISTER\r\n\
+Contact: <sip:{user}@127.0.0.1:{B1}>\r\nExpires: 600\r\nMax-Forwards: 70\r\n{auth}\r\n"
+    )
+}
+
+#[test]
+fn register_with_sha256_digest_is_stored_before_200() {
+    use crate::registrar::digest::{response_hex, Algorithm, QopParams, ResponseParams};
+    let mut h = Harness::new(&[]);
+    h.recv_text(B1, &register("1002", 1, ""), 0);
+    let out = h.take();
+    let challenge = find(&out, B1, |m| is_status(m, 401)).expect("401");
+    let www = challenge
+        .headers
+        .get_all("WWW-Authenticate")
+        .find(|v| v.contains("SHA-256"))
+        .expect("SHA-256 offered first")
+        .to_string();
+    let param = |name: &str| {
+        let start = www.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        www[start..start + www[start..].find('"').unwrap()].to_string()
+    };
+    let (nonce, opaque) = (param("nonce"), param("opaque"));
+    let response = response_hex(&ResponseParams {
+        algorithm: Algorithm::Sha256,
+        username: "1002",
+        realm: "softswitch",
+        password: "pw1002",
+        method: "REGISTER",
+        uri: "sip:127.0.0.1:5060",
+        nonce: &nonce,
+        qop: Some(QopParams {
+            qop: "auth",
+            nc: "00000001",
+            cnonce: "c0ffee",
+        }),
+    });
+    let auth = format!(
+        "Authorization: Digest username=\"1002\",realm=\"softswitch\",nonce=\"{nonce}\",uri=\"sip:127.0.0.1:5060\",\
+response=\"{response}\",algorithm=SHA-256,qop=auth,nc=00000001,cnonce=\"c0ffee\",opaque=\"{opaque}\"\r\n"
+    );
+    h.recv_text(B1, &register("1002", 2, &auth), 10);
+    let out = h.take();
+    let ok = find(&out, B1, |m| is_status(m, 200)).unwrap_or_else(|| panic!("{out:?}"));
+    assert!(ok.headers.get("Contact").unwrap().contains("expires=600"));
+    let stored = h.store.bindings().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, "1002");
+
+    // The same credentials again (same nonce count) are a replay: challenged, not stored.
+    h.recv_text(B1, &register("1002", 3, &auth), 20);
+    assert!(find(&h.take(), B1, |m| is_status(m, 401)).is_some());
 }
