@@ -154,6 +154,8 @@ pub struct Calls {
     /// Our client transactions → call and role.
     clients: HashMap<TxKey, (u64, Role)>,
     ring_timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Calls not yet ended (ended ones linger until their transactions finish).
+    live: usize,
 }
 
 /// Headers copied onto a relayed in-dialog request.
@@ -176,17 +178,18 @@ impl Calls {
             by_dialog: HashMap::new(),
             clients: HashMap::new(),
             ring_timers: BinaryHeap::new(),
+            live: 0,
         }
     }
 
-    /// Calls in progress (including ones finishing their transactions).
+    /// Calls in progress (not counting ended ones finishing their transactions).
     pub fn len(&self) -> usize {
-        self.calls.len()
+        self.live
     }
 
-    /// True when there are no calls.
+    /// True when no call is in progress.
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
+        self.live == 0
     }
 
     /// The next ring timeout.
@@ -233,7 +236,7 @@ impl Calls {
                 hangup_by: None,
             });
         };
-        if self.calls.len() >= self.cfg.max_calls {
+        if self.live >= self.cfg.max_calls {
             ctx.metrics.inc(&ctx.metrics.overload_rejects);
             return fail(
                 ctx,
@@ -312,6 +315,7 @@ impl Calls {
             .insert((b_call_id.clone(), b_tag.clone()), (id, Side::B));
         self.ring_timers
             .push(Reverse((ctx.now + self.cfg.ring_timeout, id)));
+        self.live += 1;
         self.calls.insert(
             id,
             Call {
@@ -510,6 +514,7 @@ impl Calls {
             return;
         }
         call.phase = Phase::Ended;
+        self.live = self.live.saturating_sub(1);
         let end = SystemTime::now();
         ctx.write_cdr(Cdr {
             call_id: call.a_call_id.clone(),
