@@ -75,7 +75,9 @@ static RESERVED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 /// before in this process.
 pub fn free_port() -> u16 {
     for _ in 0..200 {
-        let Ok(u) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(u) = UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
         let Ok(addr) = u.local_addr() else { continue };
         let port = addr.port();
         if TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -142,7 +144,12 @@ fn wait_bounded_nokill(child: &mut Child, limit: Duration) -> Option<ExitStatus>
 }
 
 /// Run a command with stdout/stderr to files, bounded. Returns (status, stdout, stderr).
-pub fn run_bounded(cmd: &mut Command, dir: &Path, tag: &str, limit: Duration) -> Result<(Option<ExitStatus>, String, String)> {
+pub fn run_bounded(
+    cmd: &mut Command,
+    dir: &Path,
+    tag: &str,
+    limit: Duration,
+) -> Result<(Option<ExitStatus>, String, String)> {
     let out_p = dir.join(format!("{tag}.stdout"));
     let err_p = dir.join(format!("{tag}.stderr"));
     let out = std::fs::File::create(&out_p)?;
@@ -158,7 +165,9 @@ pub fn run_bounded(cmd: &mut Command, dir: &Path, tag: &str, limit: Duration) ->
 }
 
 pub fn read_lossy(p: &Path) -> String {
-    std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    std::fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -276,7 +285,11 @@ impl Node {
         let seed = dir.join("pbx.yaml");
         std::fs::write(&seed, seed_yaml(&opts.extensions))?;
         let algs: Vec<String> = opts.algorithms.iter().map(|a| format!("\"{a}\"")).collect();
-        let tcp = if opts.tcp { format!("[\"127.0.0.1:{port}\"]") } else { "[]".into() };
+        let tcp = if opts.tcp {
+            format!("[\"127.0.0.1:{port}\"]")
+        } else {
+            "[]".into()
+        };
         let toml = format!(
             r#"[node]
 data_dir = "{data}"
@@ -330,11 +343,23 @@ level = "{level}"
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let (tmp, keep) = if keep_dirs() { (None, tmp.keep()) } else { (Some(tmp), dir.clone()) };
+        let (tmp, keep) = if keep_dirs() {
+            (None, tmp.keep())
+        } else {
+            (Some(tmp), dir.clone())
+        };
         if tmp.is_none() {
             eprintln!("[e2e] node dir kept: {}", keep.display());
         }
-        let mut node = Node { child: Some(child), port, addr, data_dir, dir, _tmp: tmp, log_path };
+        let mut node = Node {
+            child: Some(child),
+            port,
+            addr,
+            data_dir,
+            dir,
+            _tmp: tmp,
+            log_path,
+        };
         node.wait_ready(Duration::from_secs(30))?;
         Ok(node)
     }
@@ -343,13 +368,19 @@ level = "{level}"
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if !self.alive() {
-                bail!("softswitch exited during startup; log:\n{}", tail(&self.log(), 40));
+                bail!(
+                    "softswitch exited during startup; log:\n{}",
+                    tail(&self.log(), 40)
+                );
             }
             if self.options_ok(Duration::from_millis(300)) {
                 return Ok(());
             }
         }
-        bail!("softswitch did not answer OPTIONS with 200 within {limit:?}; log:\n{}", tail(&self.log(), 40))
+        bail!(
+            "softswitch did not answer OPTIONS with 200 within {limit:?}; log:\n{}",
+            tail(&self.log(), 40)
+        )
     }
 
     /// True while the process has not exited.
@@ -377,14 +408,20 @@ level = "{level}"
     pub fn cdrs(&self) -> Result<Vec<Value>> {
         let ctl = switchctl_bin();
         let (st, out, err) = run_bounded(
-            Command::new(&ctl).args(["cdr", "list", "--data-dir"]).arg(&self.data_dir),
+            Command::new(&ctl)
+                .args(["cdr", "list", "--data-dir"])
+                .arg(&self.data_dir),
             &self.dir,
             "switchctl",
             Duration::from_secs(20),
         )?;
         match st {
             Some(s) if s.success() => {}
-            other => bail!("{} cdr list failed ({other:?}): {}", ctl.display(), err.trim()),
+            other => bail!(
+                "{} cdr list failed ({other:?}): {}",
+                ctl.display(),
+                err.trim()
+            ),
         }
         out.lines()
             .filter(|l| !l.trim().is_empty())
@@ -393,7 +430,11 @@ level = "{level}"
     }
 
     /// Poll `cdrs()` until `pred` holds for the list (at most `limit`); returns the last list.
-    pub fn wait_cdrs(&self, limit: Duration, pred: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
+    pub fn wait_cdrs(
+        &self,
+        limit: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>> {
         let deadline = Instant::now() + limit;
         let mut last = Err(anyhow!("no attempt"));
         while Instant::now() < deadline {
@@ -415,7 +456,11 @@ impl Drop for Node {
             stop_child(&mut c, Duration::from_secs(5));
         }
         if std::thread::panicking() {
-            eprintln!("[e2e] ---- softswitch log ({}) ----\n{}", self.log_path.display(), tail(&self.log(), 60));
+            eprintln!(
+                "[e2e] ---- softswitch log ({}) ----\n{}",
+                self.log_path.display(),
+                tail(&self.log(), 60)
+            );
         }
     }
 }
@@ -505,7 +550,10 @@ pub fn split_message_log(log: &str) -> Vec<String> {
 impl Sipp {
     pub fn new(name: &str, scenario: impl AsRef<Path>) -> Sipp {
         let seq = SIPP_SEQ.fetch_add(1, Ordering::SeqCst);
-        let tmp = tempfile::Builder::new().prefix(&format!("e2e-sipp-{name}-")).tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("e2e-sipp-{name}-"))
+            .tempdir()
+            .expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let tmp = if keep_dirs() {
             let p = tmp.keep();
@@ -567,7 +615,11 @@ impl Sipp {
             c.args(["-p", &p.to_string()]);
         }
         c.args(["-m", &self.calls.to_string()]);
-        c.args(["-timeout", &format!("{}s", self.timeout_s), "-timeout_error"]);
+        c.args([
+            "-timeout",
+            &format!("{}s", self.timeout_s),
+            "-timeout_error",
+        ]);
         c.args(["-nostdin", "-trace_err", "-trace_msg"]);
         c.arg("-error_file").arg(self.dir.join("err.log"));
         c.arg("-message_file").arg(self.dir.join("msg.log"));
@@ -587,7 +639,10 @@ impl Sipp {
             .stderr(out2)
             .spawn()
             .context("spawning sipp (Debian package sip-tester)")?;
-        Ok(SippProc { child: Some(child), sipp: self })
+        Ok(SippProc {
+            child: Some(child),
+            sipp: self,
+        })
     }
 
     /// Run to completion (bounded by its timeout + 10 s).
@@ -606,7 +661,11 @@ impl SippProc {
     /// Wait until SIPp ends by itself (bounded: its `-timeout` + 10 s, then killed).
     pub fn wait(mut self) -> SippResult {
         let limit = Duration::from_secs(self.sipp.timeout_s as u64 + 10);
-        let code = self.child.as_mut().and_then(|c| wait_bounded(c, limit)).and_then(|s| s.code());
+        let code = self
+            .child
+            .as_mut()
+            .and_then(|c| wait_bounded(c, limit))
+            .and_then(|s| s.code());
         self.child = None;
         let d = &self.sipp.dir;
         SippResult {
@@ -667,7 +726,14 @@ pub fn options_request(to: SocketAddr, transport: &str, extra: &[&str]) -> Strin
 }
 
 /// Build a request with fresh branch/tag/Call-ID.
-pub fn request(method: &str, ruri: &str, to: SocketAddr, transport: &str, extra: &[&str], body: &str) -> String {
+pub fn request(
+    method: &str,
+    ruri: &str,
+    to: SocketAddr,
+    transport: &str,
+    extra: &[&str],
+    body: &str,
+) -> String {
     let mut m = format!(
         "{method} {ruri} SIP/2.0\r\n\
          Via: SIP/2.0/{tp} 127.0.0.1:5999;branch=z9hG4bK{br};rport\r\n\
@@ -815,7 +881,9 @@ pub fn python_with_pjsua2() -> std::result::Result<String, String> {
     if probe(&py) {
         Ok(py)
     } else {
-        Err(format!("{py} cannot import pjsua2 and `pip install pjsua2-python` did not fix it"))
+        Err(format!(
+            "{py} cannot import pjsua2 and `pip install pjsua2-python` did not fix it"
+        ))
     }
 }
 
@@ -826,11 +894,18 @@ pub fn python_with_pjsua2() -> std::result::Result<String, String> {
 pub fn parse_challenge(value: &str) -> std::collections::HashMap<String, String> {
     let mut m = std::collections::HashMap::new();
     let v = value.trim();
-    let v = v.strip_prefix("Digest").or_else(|| v.strip_prefix("digest")).unwrap_or(v);
+    let v = v
+        .strip_prefix("Digest")
+        .or_else(|| v.strip_prefix("digest"))
+        .unwrap_or(v);
     let mut rest = v.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = rest[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         rest = rest[eq + 1..].trim_start();
         let val;
         if let Some(r) = rest.strip_prefix('"') {
@@ -857,7 +932,14 @@ fn hash_hex(algo: &str, data: &str) -> String {
 }
 
 /// `Authorization` value answering `challenge` (qop=auth) with the given algorithm.
-pub fn digest_authorization(challenge: &str, algo: &str, user: &str, password: &str, method: &str, uri: &str) -> String {
+pub fn digest_authorization(
+    challenge: &str,
+    algo: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+) -> String {
     let c = parse_challenge(challenge);
     let realm = c.get("realm").cloned().unwrap_or_default();
     let nonce = c.get("nonce").cloned().unwrap_or_default();
@@ -865,7 +947,10 @@ pub fn digest_authorization(challenge: &str, algo: &str, user: &str, password: &
     let nc = "00000001";
     let ha1 = hash_hex(algo, &format!("{user}:{realm}:{password}"));
     let ha2 = hash_hex(algo, &format!("{method}:{uri}"));
-    let qop_auth = c.get("qop").map(|q| q.split(',').any(|x| x.trim() == "auth")).unwrap_or(false);
+    let qop_auth = c
+        .get("qop")
+        .map(|q| q.split(',').any(|x| x.trim() == "auth"))
+        .unwrap_or(false);
     let response = if qop_auth {
         hash_hex(algo, &format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
     } else {
@@ -883,8 +968,18 @@ pub fn digest_authorization(challenge: &str, algo: &str, user: &str, password: &
     a
 }
 
-/// A raw REGISTER over UDP from `sock` (Call-ID/tag fixed by the caller, CSeq given).
-pub fn register_request(node: SocketAddr, local: SocketAddr, user: &str, call_id: &str, tag: &str, cseq: u32, expires: u32, extra: &[String]) -> String {
+/// A raw REGISTER from `local` to `node`; `dialog` = (Call-ID, From tag), kept by the
+/// caller across the challenge round trip.
+pub fn register_request(
+    node: SocketAddr,
+    local: SocketAddr,
+    user: &str,
+    dialog: (&str, &str),
+    cseq: u32,
+    expires: u32,
+    extra: &[String],
+) -> String {
+    let (call_id, tag) = dialog;
     let mut m = format!(
         "REGISTER sip:{node} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {local};branch=z9hG4bK{br};rport\r\n\

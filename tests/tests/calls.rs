@@ -35,7 +35,11 @@ fn setup(opts: NodeOpts, register_callee: bool) -> Setup {
     if register_callee {
         register(&node, CALLEE, callee_port);
     }
-    Setup { node, caller_port, callee_port }
+    Setup {
+        node,
+        caller_port,
+        callee_port,
+    }
 }
 
 fn uas(s: &Setup, scn: &str, pause_ms: u32) -> SippProc {
@@ -45,7 +49,10 @@ fn uas(s: &Setup, scn: &str, pause_ms: u32) -> SippProc {
         .timeout_s(30)
         .spawn()
         .unwrap();
-    assert!(p.wait_bound(s.callee_port, Duration::from_secs(5)), "UAS sipp did not bind its port");
+    assert!(
+        p.wait_bound(s.callee_port, Duration::from_secs(5)),
+        "UAS sipp did not bind its port"
+    );
     p
 }
 
@@ -54,7 +61,18 @@ fn uac(s: &Setup, scn: &std::path::Path, dialled: &str, pause_ms: u32) -> SippRe
     Sipp::new("uac", scn)
         .remote(&addr)
         .local_port(s.caller_port)
-        .args(["-rsa", &addr, "-s", dialled, "-au", CALLER, "-ap", &format!("pw{CALLER}"), "-d", &pause_ms.to_string()])
+        .args([
+            "-rsa",
+            &addr,
+            "-s",
+            dialled,
+            "-au",
+            CALLER,
+            "-ap",
+            &format!("pw{CALLER}"),
+            "-d",
+            &pause_ms.to_string(),
+        ])
         .key("caller", CALLER)
         .timeout_s(30)
         .run()
@@ -64,7 +82,9 @@ fn uac(s: &Setup, scn: &std::path::Path, dialled: &str, pause_ms: u32) -> SippRe
 /// uac-reject.xml with its expected final response code filled in.
 fn reject_scenario(code: u16) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(scenario("uac-reject.xml")).unwrap().replace("@CODE@", &code.to_string());
+    let text = std::fs::read_to_string(scenario("uac-reject.xml"))
+        .unwrap()
+        .replace("@CODE@", &code.to_string());
     let p = dir.path().join(format!("uac-reject-{code}.xml"));
     std::fs::write(&p, text).unwrap();
     (dir, p)
@@ -73,32 +93,91 @@ fn reject_scenario(code: u16) -> (tempfile::TempDir, std::path::PathBuf) {
 /// The one CDR of this test's call (waits up to 10 s for it to appear).
 fn the_cdr(node: &Node, callee: &str) -> Value {
     let list = node
-        .wait_cdrs(Duration::from_secs(10), |l| l.iter().any(|c| c["callee"].as_str().map(|s| s.contains(callee)).unwrap_or(false)))
+        .wait_cdrs(Duration::from_secs(10), |l| {
+            l.iter().any(|c| {
+                c["callee"]
+                    .as_str()
+                    .map(|s| s.contains(callee))
+                    .unwrap_or(false)
+            })
+        })
         .expect("switchctl cdr list");
-    let mine: Vec<&Value> = list.iter().filter(|c| c["callee"].as_str().map(|s| s.contains(callee)).unwrap_or(false)).collect();
-    assert_eq!(mine.len(), 1, "expected exactly one CDR for callee {callee}, got: {list:#?}");
+    let mine: Vec<&Value> = list
+        .iter()
+        .filter(|c| {
+            c["callee"]
+                .as_str()
+                .map(|s| s.contains(callee))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "expected exactly one CDR for callee {callee}, got: {list:#?}"
+    );
     mine[0].clone()
 }
 
 fn check_cdr(cdr: &Value, disposition: &str, callee: &str, causes: &[&str]) {
-    assert_eq!(cdr["disposition"].as_str(), Some(disposition), "disposition: {cdr:#}");
-    assert!(cdr["caller"].as_str().map(|s| s.contains(CALLER)).unwrap_or(false), "caller: {cdr:#}");
-    assert!(cdr["callee"].as_str().map(|s| s.contains(callee)).unwrap_or(false), "callee: {cdr:#}");
-    assert!(cdr["call_id"].as_str().map(|s| !s.is_empty()).unwrap_or(false), "call_id: {cdr:#}");
-    assert!(cdr["start"].is_string() && cdr["end"].is_string(), "start/end: {cdr:#}");
+    assert_eq!(
+        cdr["disposition"].as_str(),
+        Some(disposition),
+        "disposition: {cdr:#}"
+    );
+    assert!(
+        cdr["caller"]
+            .as_str()
+            .map(|s| s.contains(CALLER))
+            .unwrap_or(false),
+        "caller: {cdr:#}"
+    );
+    assert!(
+        cdr["callee"]
+            .as_str()
+            .map(|s| s.contains(callee))
+            .unwrap_or(false),
+        "callee: {cdr:#}"
+    );
+    assert!(
+        cdr["call_id"]
+            .as_str()
+            .map(|s| !s.is_empty())
+            .unwrap_or(false),
+        "call_id: {cdr:#}"
+    );
+    assert!(
+        cdr["start"].is_string() && cdr["end"].is_string(),
+        "start/end: {cdr:#}"
+    );
     let dur = cdr["duration"].as_i64().expect("duration integer");
     let bill = cdr["billsec"].as_i64().expect("billsec integer");
-    assert!(dur >= bill && bill >= 0, "duration {dur} < billsec {bill}: {cdr:#}");
+    assert!(
+        dur >= bill && bill >= 0,
+        "duration {dur} < billsec {bill}: {cdr:#}"
+    );
     if disposition == "ANSWERED" {
-        assert!(cdr["answer"].is_string(), "answered call without answer time: {cdr:#}");
+        assert!(
+            cdr["answer"].is_string(),
+            "answered call without answer time: {cdr:#}"
+        );
     } else {
-        assert!(cdr["answer"].is_null(), "unanswered call with answer time: {cdr:#}");
+        assert!(
+            cdr["answer"].is_null(),
+            "unanswered call with answer time: {cdr:#}"
+        );
         assert_eq!(bill, 0, "unanswered call with billsec: {cdr:#}");
     }
     // causes are checked loosely: a non-empty string mentioning one of the expected words
-    let cause = cdr["hangup_cause"].as_str().unwrap_or("").to_ascii_lowercase();
+    let cause = cdr["hangup_cause"]
+        .as_str()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     assert!(!cause.is_empty(), "no hangup_cause: {cdr:#}");
-    assert!(causes.iter().any(|c| cause.contains(c)), "hangup_cause {cause:?} is none of {causes:?}: {cdr:#}");
+    assert!(
+        causes.iter().any(|c| cause.contains(c)),
+        "hangup_cause {cause:?} is none of {causes:?}: {cdr:#}"
+    );
 }
 
 /// Full call, the caller hangs up after 2 s.
@@ -111,15 +190,31 @@ fn call_answered_caller_hangs_up() {
     assert!(r.ok(), "UAC: {}", r.describe());
     assert!(u.ok(), "UAS: {}", u.describe());
     // B2BUA: the callee leg has its own Call-ID
-    let uac_cid = header(&r.sip_messages().into_iter().find(|m| m.starts_with("INVITE")).unwrap(), &["Call-ID", "i"])
-        .unwrap()
-        .to_string();
-    let uas_invite = u.sip_messages().into_iter().find(|m| m.starts_with("INVITE")).expect("UAS got no INVITE");
+    let uac_cid = header(
+        &r.sip_messages()
+            .into_iter()
+            .find(|m| m.starts_with("INVITE"))
+            .unwrap(),
+        &["Call-ID", "i"],
+    )
+    .unwrap()
+    .to_string();
+    let uas_invite = u
+        .sip_messages()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE"))
+        .expect("UAS got no INVITE");
     let uas_cid = header(&uas_invite, &["Call-ID", "i"]).unwrap().to_string();
-    assert_ne!(uac_cid, uas_cid, "callee leg reuses the caller's Call-ID: not a B2BUA");
+    assert_ne!(
+        uac_cid, uas_cid,
+        "callee leg reuses the caller's Call-ID: not a B2BUA"
+    );
     let cdr = the_cdr(&s.node, CALLEE);
     check_cdr(&cdr, "ANSWERED", CALLEE, &["normal"]);
-    assert!(cdr["billsec"].as_i64().unwrap() >= 2, "billsec < 2 s pause: {cdr:#}");
+    assert!(
+        cdr["billsec"].as_i64().unwrap() >= 2,
+        "billsec < 2 s pause: {cdr:#}"
+    );
 }
 
 /// Full call, the callee hangs up after 2 s (BYE from the UAS along the dialog's route).
@@ -133,7 +228,10 @@ fn call_answered_callee_hangs_up() {
     assert!(u.ok(), "UAS: {}", u.describe());
     let cdr = the_cdr(&s.node, CALLEE);
     check_cdr(&cdr, "ANSWERED", CALLEE, &["normal"]);
-    assert!(cdr["billsec"].as_i64().unwrap() >= 2, "billsec < 2 s pause: {cdr:#}");
+    assert!(
+        cdr["billsec"].as_i64().unwrap() >= 2,
+        "billsec < 2 s pause: {cdr:#}"
+    );
 }
 
 /// The caller cancels while the callee rings: 200 for the CANCEL, 487 for the INVITE.
@@ -144,7 +242,11 @@ fn call_cancelled_before_answer() {
     let r = uac(&s, &scenario("uac-cancel.xml"), CALLEE, 0);
     let u = callee.wait();
     assert!(r.ok(), "UAC: {}", r.describe());
-    assert!(u.ok(), "UAS (expects the node to CANCEL the callee leg): {}", u.describe());
+    assert!(
+        u.ok(),
+        "UAS (expects the node to CANCEL the callee leg): {}",
+        u.describe()
+    );
     let cdr = the_cdr(&s.node, CALLEE);
     check_cdr(&cdr, "CANCELLED", CALLEE, &["cancel"]);
 }
@@ -171,7 +273,12 @@ fn call_unknown_number_404() {
     let r = uac(&s, &scn, "5999", 0);
     assert!(r.ok(), "UAC: {}", r.describe());
     let cdr = the_cdr(&s.node, "5999");
-    check_cdr(&cdr, "FAILED", "5999", &["unallocated", "no_route", "not_found", "unknown"]);
+    check_cdr(
+        &cdr,
+        "FAILED",
+        "5999",
+        &["unallocated", "no_route", "not_found", "unknown"],
+    );
 }
 
 /// Known but unregistered extension: 480.
@@ -183,21 +290,46 @@ fn call_unregistered_extension_480() {
     assert!(r.ok(), "UAC: {}", r.describe());
     let cdr = the_cdr(&s.node, CALLEE);
     let disp = cdr["disposition"].as_str().unwrap_or("").to_string();
-    assert!(disp == "FAILED" || disp == "NO ANSWER", "disposition: {cdr:#}");
-    check_cdr(&cdr, &disp, CALLEE, &["unavailable", "not_registered", "no_answer", "unregistered", "subscriber_absent", "no_user"]);
+    assert!(
+        disp == "FAILED" || disp == "NO ANSWER",
+        "disposition: {cdr:#}"
+    );
+    check_cdr(
+        &cdr,
+        &disp,
+        CALLEE,
+        &[
+            "unavailable",
+            "not_registered",
+            "no_answer",
+            "unregistered",
+            "subscriber_absent",
+            "no_user",
+        ],
+    );
 }
 
 /// The callee rings and never answers: after ring_timeout_secs (3) the node cancels the
 /// callee leg and answers the caller 480.
 #[test]
 fn call_ring_timeout_480() {
-    let s = setup(NodeOpts { ring_timeout_secs: 3, ..NodeOpts::default() }, true);
+    let s = setup(
+        NodeOpts {
+            ring_timeout_secs: 3,
+            ..NodeOpts::default()
+        },
+        true,
+    );
     let callee = uas(&s, "uas-ring.xml", 0);
     let (_d, scn) = reject_scenario(480);
     let r = uac(&s, &scn, CALLEE, 0);
     let u = callee.wait();
     assert!(r.ok(), "UAC: {}", r.describe());
-    assert!(u.ok(), "UAS (expects the node to CANCEL the callee leg): {}", u.describe());
+    assert!(
+        u.ok(),
+        "UAS (expects the node to CANCEL the callee leg): {}",
+        u.describe()
+    );
     let cdr = the_cdr(&s.node, CALLEE);
     check_cdr(&cdr, "NO ANSWER", CALLEE, &["no_answer", "timeout"]);
 }

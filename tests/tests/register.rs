@@ -31,7 +31,9 @@ fn md5_register_gets_200_listing_contact() {
     let contacts = headers(&ok, &["Contact", "m"]);
     let mine = format!("127.0.0.1:{port}");
     assert!(
-        contacts.iter().any(|c| c.contains(&mine) && c.to_ascii_lowercase().contains("expires=")),
+        contacts
+            .iter()
+            .any(|c| c.contains(&mine) && c.to_ascii_lowercase().contains("expires=")),
         "200 does not list our contact {mine} with expires: {contacts:?}\n{ok}"
     );
     assert!(n.options_ok(Duration::from_secs(2)));
@@ -67,29 +69,58 @@ fn unknown_user_gets_401_again() {
 /// shape (same header names, same challenge parameters): no user enumeration.
 #[test]
 fn unknown_user_and_wrong_password_look_identical() {
-    let n = node(NodeOpts { algorithms: vec!["SHA-256".into()], ..NodeOpts::default() });
+    let n = node(NodeOpts {
+        algorithms: vec!["SHA-256".into()],
+        ..NodeOpts::default()
+    });
     let shape = |user: &str| -> (Vec<String>, Vec<String>) {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         let local = sock.local_addr().unwrap();
         let cid = token("cid");
         let tag = token("tag");
-        sock.send_to(register_request(n.addr, local, user, &cid, &tag, 1, 3600, &[]).as_bytes(), n.addr).unwrap();
-        let first = recv_final(&sock, Duration::from_secs(5)).expect("no answer to REGISTER");
-        assert_eq!(status_code(&first), Some(401), "{first}");
-        let ch = header(&first, &["WWW-Authenticate"]).expect("401 without WWW-Authenticate").to_string();
-        let auth = digest_authorization(&ch, "SHA-256", user, "wrong-password", "REGISTER", &format!("sip:{}", n.addr));
         sock.send_to(
-            register_request(n.addr, local, user, &cid, &tag, 2, 3600, &[format!("Authorization: {auth}")]).as_bytes(),
+            register_request(n.addr, local, user, (&cid, &tag), 1, 3600, &[]).as_bytes(),
             n.addr,
         )
         .unwrap();
-        let second = recv_final(&sock, Duration::from_secs(5)).expect("no answer to authenticated REGISTER");
+        let first = recv_final(&sock, Duration::from_secs(5)).expect("no answer to REGISTER");
+        assert_eq!(status_code(&first), Some(401), "{first}");
+        let ch = header(&first, &["WWW-Authenticate"])
+            .expect("401 without WWW-Authenticate")
+            .to_string();
+        let auth = digest_authorization(
+            &ch,
+            "SHA-256",
+            user,
+            "wrong-password",
+            "REGISTER",
+            &format!("sip:{}", n.addr),
+        );
+        sock.send_to(
+            register_request(
+                n.addr,
+                local,
+                user,
+                (&cid, &tag),
+                2,
+                3600,
+                &[format!("Authorization: {auth}")],
+            )
+            .as_bytes(),
+            n.addr,
+        )
+        .unwrap();
+        let second =
+            recv_final(&sock, Duration::from_secs(5)).expect("no answer to authenticated REGISTER");
         assert_eq!(status_code(&second), Some(401), "{second}");
         let names: Vec<String> = second
             .lines()
             .skip(1)
             .take_while(|l| !l.trim().is_empty())
-            .filter_map(|l| l.split_once(':').map(|(h, _)| h.trim().to_ascii_lowercase()))
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(h, _)| h.trim().to_ascii_lowercase())
+            })
             .collect();
         let mut params: Vec<String> = headers(&second, &["WWW-Authenticate"])
             .iter()
@@ -111,7 +142,10 @@ fn unknown_user_and_wrong_password_look_identical() {
     };
     let known = shape("1001");
     let unknown = shape("7777");
-    assert_eq!(known, unknown, "401 for a wrong password and for an unknown user differ");
+    assert_eq!(
+        known, unknown,
+        "401 for a wrong password and for an unknown user differ"
+    );
 }
 
 /// Expires 30 (< min_expires 60): 423 Interval Too Brief with Min-Expires: 60.
@@ -131,29 +165,65 @@ fn expires_below_minimum_gets_423() {
 /// SHA-256 digest with a client written here (RFC 7616): the node offers only SHA-256.
 #[test]
 fn sha256_register_raw_client() {
-    let n = node(NodeOpts { algorithms: vec!["SHA-256".into(), "MD5".into()], ..NodeOpts::default() });
+    let n = node(NodeOpts {
+        algorithms: vec!["SHA-256".into(), "MD5".into()],
+        ..NodeOpts::default()
+    });
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let local = sock.local_addr().unwrap();
     let cid = token("cid");
     let tag = token("tag");
-    sock.send_to(register_request(n.addr, local, "1002", &cid, &tag, 1, 3600, &[]).as_bytes(), n.addr).unwrap();
+    sock.send_to(
+        register_request(n.addr, local, "1002", (&cid, &tag), 1, 3600, &[]).as_bytes(),
+        n.addr,
+    )
+    .unwrap();
     let first = recv_final(&sock, Duration::from_secs(5)).expect("no answer to REGISTER");
     assert_eq!(status_code(&first), Some(401), "{first}");
     let chs = headers(&first, &["WWW-Authenticate"]);
     assert!(
-        chs.first().map(|c| parse_challenge(c).get("algorithm").map(|a| a.eq_ignore_ascii_case("SHA-256")).unwrap_or(false)).unwrap_or(false),
+        chs.first()
+            .map(|c| parse_challenge(c)
+                .get("algorithm")
+                .map(|a| a.eq_ignore_ascii_case("SHA-256"))
+                .unwrap_or(false))
+            .unwrap_or(false),
         "first challenge is not SHA-256 although algorithms = [SHA-256, MD5]: {chs:?}"
     );
-    let auth = digest_authorization(chs[0], "SHA-256", "1002", "pw1002", "REGISTER", &format!("sip:{}", n.addr));
+    let auth = digest_authorization(
+        chs[0],
+        "SHA-256",
+        "1002",
+        "pw1002",
+        "REGISTER",
+        &format!("sip:{}", n.addr),
+    );
     sock.send_to(
-        register_request(n.addr, local, "1002", &cid, &tag, 2, 3600, &[format!("Authorization: {auth}")]).as_bytes(),
+        register_request(
+            n.addr,
+            local,
+            "1002",
+            (&cid, &tag),
+            2,
+            3600,
+            &[format!("Authorization: {auth}")],
+        )
+        .as_bytes(),
         n.addr,
     )
     .unwrap();
-    let ok = recv_final(&sock, Duration::from_secs(5)).expect("no answer to authenticated REGISTER");
-    assert_eq!(status_code(&ok), Some(200), "SHA-256 REGISTER not accepted:\n{ok}");
+    let ok =
+        recv_final(&sock, Duration::from_secs(5)).expect("no answer to authenticated REGISTER");
+    assert_eq!(
+        status_code(&ok),
+        Some(200),
+        "SHA-256 REGISTER not accepted:\n{ok}"
+    );
     let contacts = headers(&ok, &["Contact", "m"]);
-    assert!(contacts.iter().any(|c| c.contains(&local.to_string())), "200 does not list {local}: {contacts:?}");
+    assert!(
+        contacts.iter().any(|c| c.contains(&local.to_string())),
+        "200 does not list {local}: {contacts:?}"
+    );
 }
 
 /// SHA-256 digest with a real SIP stack: pjsua2 (pjsip 2.15) against a node that only
@@ -167,7 +237,10 @@ fn sha256_register_pjsua2() {
             return;
         }
     };
-    let n = node(NodeOpts { algorithms: vec!["SHA-256".into()], ..NodeOpts::default() });
+    let n = node(NodeOpts {
+        algorithms: vec!["SHA-256".into()],
+        ..NodeOpts::default()
+    });
     let script = crate_dir().join("clients/pjsua_client.py");
     let (st, out, err) = run_bounded(
         Command::new(&py).arg(&script).args([
@@ -188,7 +261,15 @@ fn sha256_register_pjsua2() {
         Duration::from_secs(60),
     )
     .unwrap();
-    let result = out.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok());
+    let result = out
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok());
     let status = result.as_ref().and_then(|v| v["status"].as_i64());
-    assert_eq!(status, Some(200), "pjsua2 SHA-256 registration failed (exit {st:?})\nstdout:\n{out}\nstderr:\n{}", err.lines().rev().take(40).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        status,
+        Some(200),
+        "pjsua2 SHA-256 registration failed (exit {st:?})\nstdout:\n{out}\nstderr:\n{}",
+        err.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    );
 }

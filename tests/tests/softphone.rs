@@ -49,24 +49,66 @@ fn pjsua2_call_with_rtp_both_ways() {
         Duration::from_secs(60),
     )
     .unwrap();
-    let result = out.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok());
-    let ctx = || format!("exit {st:?}\nstdout:\n{out}\nstderr (tail):\n{}", err.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    let result = out
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok());
+    let ctx = || {
+        format!(
+            "exit {st:?}\nstdout:\n{out}\nstderr (tail):\n{}",
+            err.lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
     let r = result.unwrap_or_else(|| panic!("no result from the pjsua2 client\n{}", ctx()));
-    assert_eq!(r["answered"], Value::Bool(true), "call not answered: {r}\n{}", ctx());
+    assert_eq!(
+        r["answered"],
+        Value::Bool(true),
+        "call not answered: {r}\n{}",
+        ctx()
+    );
     for side in ["caller", "callee"] {
         let rx = r[side]["rx"].as_i64().unwrap_or(0);
         let tx = r[side]["tx"].as_i64().unwrap_or(0);
         // 4 s of 20 ms frames = 200 packets; demand a clear majority of them
-        assert!(tx > 100, "{side} sent only {tx} RTP packets: {r}\n{}", ctx());
-        assert!(rx > 100, "{side} received only {rx} RTP packets: {r}\n{}", ctx());
+        assert!(
+            tx > 100,
+            "{side} sent only {tx} RTP packets: {r}\n{}",
+            ctx()
+        );
+        assert!(
+            rx > 100,
+            "{side} received only {rx} RTP packets: {r}\n{}",
+            ctx()
+        );
     }
     assert!(r["error"].is_null(), "client error: {r}\n{}", ctx());
 
     let list = node
-        .wait_cdrs(Duration::from_secs(10), |l| l.iter().any(|c| c["disposition"] == "ANSWERED"))
+        .wait_cdrs(Duration::from_secs(10), |l| {
+            l.iter().any(|c| c["disposition"] == "ANSWERED")
+        })
         .expect("switchctl cdr list");
-    let cdr = list.iter().find(|c| c["disposition"] == "ANSWERED").unwrap_or_else(|| panic!("no ANSWERED CDR: {list:#?}"));
-    assert!(cdr["caller"].as_str().unwrap_or("").contains("1001"), "{cdr:#}");
-    assert!(cdr["callee"].as_str().unwrap_or("").contains("1002"), "{cdr:#}");
-    assert!(cdr["billsec"].as_i64().unwrap_or(0) >= 3, "billsec < 3 for a 4 s call: {cdr:#}");
+    let cdr = list
+        .iter()
+        .find(|c| c["disposition"] == "ANSWERED")
+        .unwrap_or_else(|| panic!("no ANSWERED CDR: {list:#?}"));
+    assert!(
+        cdr["caller"].as_str().unwrap_or("").contains("1001"),
+        "{cdr:#}"
+    );
+    assert!(
+        cdr["callee"].as_str().unwrap_or("").contains("1002"),
+        "{cdr:#}"
+    );
+    assert!(
+        cdr["billsec"].as_i64().unwrap_or(0) >= 3,
+        "billsec < 3 for a 4 s call: {cdr:#}"
+    );
 }
