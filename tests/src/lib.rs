@@ -95,6 +95,20 @@ pub fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------
 // processes
 
+/// Make `cmd`'s process die with the thread that spawns it (Linux PR_SET_PDEATHSIG), so
+/// nothing outlives a test process that is killed outright (no Drop runs then).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Wait for a child at most `limit`; kill it (KILL) when it overruns. Returns its status
 /// (None when it had to be killed).
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -154,7 +168,7 @@ pub fn run_bounded(
     let err_p = dir.join(format!("{tag}.stderr"));
     let out = std::fs::File::create(&out_p)?;
     let err = std::fs::File::create(&err_p)?;
-    let mut child = cmd
+    let mut child = die_with_parent(cmd)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -333,7 +347,7 @@ level = "{level}"
         let log_path = dir.join("node.log");
         let log = std::fs::File::create(&log_path)?;
         let log2 = log.try_clone()?;
-        let child = Command::new(&bin)
+        let child = die_with_parent(&mut Command::new(&bin))
             .arg("--config")
             .arg(&cfg)
             .current_dir(&dir)
@@ -632,8 +646,8 @@ impl Sipp {
     pub fn spawn(self) -> Result<SippProc> {
         let out = std::fs::File::create(self.dir.join("out.log"))?;
         let out2 = out.try_clone()?;
-        let child = self
-            .command()
+        let mut cmd = self.command();
+        let child = die_with_parent(&mut cmd)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(out2)
