@@ -695,7 +695,7 @@ impl SippProc {
     pub fn wait_bound(&mut self, port: u16, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            if udp_port_bound(port) {
                 return true;
             }
             if let Some(c) = self.child.as_mut() {
@@ -715,6 +715,23 @@ impl Drop for SippProc {
             stop_child(&mut c, Duration::from_secs(2));
         }
     }
+}
+
+/// True when some UDP socket is bound to 127.0.0.1:`port` or 0.0.0.0:`port` (read from
+/// /proc/net/udp, so probing never races the process that is about to bind it).
+pub fn udp_port_bound(port: u16) -> bool {
+    let wanted = [
+        format!("0100007F:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .any(|local| wanted.iter().any(|w| w == local))
+        })
+        .unwrap_or(false)
 }
 
 // ---------------------------------------------------------------------------------------
