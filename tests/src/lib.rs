@@ -184,6 +184,15 @@ pub fn read_lossy(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+fn head(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    let mut out = lines[..lines.len().min(n)].join("\n");
+    if lines.len() > n {
+        out.push_str(&format!("\n... ({} more lines)", lines.len() - n));
+    }
+    out
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -227,6 +236,8 @@ pub struct NodeOpts {
     pub default_expires: u32,
     pub max_contacts: u32,
     pub ring_timeout_secs: u32,
+    /// `[calls] max_calls` (most simultaneous calls); None = the node's default.
+    pub max_calls: Option<u32>,
     pub tcp: bool,
     pub log_level: String,
     /// Appended verbatim to the TOML (for tests of config handling).
@@ -243,6 +254,7 @@ impl Default for NodeOpts {
             default_expires: 1800,
             max_contacts: 2,
             ring_timeout_secs: 30,
+            max_calls: None,
             tcp: true,
             log_level: "info".into(),
             extra_toml: String::new(),
@@ -324,7 +336,7 @@ algorithms = [{algs}]
 
 [calls]
 ring_timeout_secs = {ring}
-
+{max_calls}
 [pbx]
 seed = "{seed}"
 
@@ -338,6 +350,10 @@ level = "{level}"
             maxc = opts.max_contacts,
             algs = algs.join(", "),
             ring = opts.ring_timeout_secs,
+            max_calls = opts
+                .max_calls
+                .map(|m| format!("max_calls = {m}\n"))
+                .unwrap_or_default(),
             seed = seed.display(),
             level = opts.log_level,
             extra = opts.extra_toml,
@@ -519,7 +535,7 @@ impl SippResult {
             "sipp {} exit={:?}\n--- error log ---\n{}\n--- last messages ---\n{}\n--- output ---\n{}",
             self.name,
             self.code,
-            tail(&self.errors, 40),
+            head(&self.errors, 40),
             tail(&self.messages, 60),
             tail(&self.output, 15)
         )

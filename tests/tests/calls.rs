@@ -333,3 +333,70 @@ fn call_ring_timeout_480() {
     let cdr = the_cdr(&s.node, CALLEE);
     check_cdr(&cdr, "NO ANSWER", CALLEE, &["no_answer", "timeout"]);
 }
+
+/// `max_calls` bounds *simultaneous* calls: with max_calls = 2, four calls one after the
+/// other (never more than one live) must all be connected; ended calls must not keep
+/// counting against the limit (e.g. while their transactions wait out RFC 3261 timers).
+#[test]
+fn sequential_calls_do_not_exhaust_max_calls() {
+    let s = setup(
+        NodeOpts {
+            max_calls: Some(2),
+            ..NodeOpts::default()
+        },
+        true,
+    );
+    let addr = s.node.addr.to_string();
+    let callee = Sipp::new("uas-answer", scenario("uas-answer.xml"))
+        .local_port(s.callee_port)
+        .args(["-s", CALLEE])
+        .calls(4)
+        .timeout_s(25)
+        .spawn()
+        .unwrap();
+    let mut callee = callee;
+    assert!(
+        callee.wait_bound(s.callee_port, Duration::from_secs(5)),
+        "UAS sipp did not bind its port"
+    );
+    // one call every 2 s, each held 300 ms: at most one live call at any time
+    let r = Sipp::new("uac-seq", scenario("uac-call.xml"))
+        .remote(&addr)
+        .local_port(s.caller_port)
+        .args([
+            "-rsa",
+            &addr,
+            "-s",
+            CALLEE,
+            "-au",
+            CALLER,
+            "-ap",
+            &format!("pw{CALLER}"),
+            "-d",
+            "300",
+        ])
+        .args(["-r", "1", "-rp", "2000", "-l", "1"])
+        .key("caller", CALLER)
+        .calls(4)
+        .timeout_s(25)
+        .run()
+        .unwrap();
+    let u = callee.wait();
+    assert!(
+        r.ok(),
+        "UAC (4 sequential calls, max_calls = 2): {}",
+        r.describe()
+    );
+    assert!(u.ok(), "UAS: {}", u.describe());
+    let list = s
+        .node
+        .wait_cdrs(Duration::from_secs(10), |l| {
+            l.iter().filter(|c| c["disposition"] == "ANSWERED").count() >= 4
+        })
+        .expect("switchctl cdr list");
+    let answered = list
+        .iter()
+        .filter(|c| c["disposition"] == "ANSWERED")
+        .count();
+    assert_eq!(answered, 4, "CDRs: {list:#?}");
+}
