@@ -273,3 +273,22 @@ fn sha256_register_pjsua2() {
         err.lines().rev().take(40).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// The same MD5 registration over TCP (sipp `-t t1`): 401 then 200 on the connection.
+#[test]
+fn md5_register_over_tcp() {
+    let n = node(NodeOpts::default());
+    let r = Sipp::new("register-md5-tcp", scenario("register.xml"))
+        .remote(n.addr)
+        .local_port(free_port())
+        .args(["-t", "t1", "-s", "1002", "-au", "1002", "-ap", "pw1002"])
+        .key("expires", "3600")
+        .run()
+        .unwrap();
+    assert!(r.ok(), "{}", r.describe());
+    let ok = r
+        .sip_messages()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 200"));
+    assert!(ok.is_some(), "no 200 over TCP\n{}", r.describe());
+}
