@@ -406,6 +406,8 @@ level = "{level}"
             if self.options_ok(Duration::from_millis(300)) {
                 return Ok(());
             }
+            // not listening yet (ICMP port unreachable returns at once): do not spin
+            std::thread::sleep(Duration::from_millis(100));
         }
         bail!(
             "softswitch did not answer OPTIONS with 200 within {limit:?}; log:\n{}",
