@@ -235,7 +235,7 @@ udp_taken() { # PORT -> true when 127.0.0.1:PORT or 0.0.0.0:PORT is bound (UDP)
 # ---------------------------------------------------------------------------
 # softswitch: start_softswitch BIN CFG PORT LOG -> sets SS_PID; waits (bounded) until it
 # answers OPTIONS with 200 on 127.0.0.1:PORT.
-start_softswitch() {
+start_softswitch() { # returns non-zero (after logging why) when the node does not come up
     local bin="$1" cfg="$2" port="$3" logf="$4" i
     [[ -x "$bin" ]] || die "softswitch binary not found: $bin (make build, or set SOFTSWITCH_BIN)"
     udp_taken "$port" && die "127.0.0.1:$port (udp) is already in use"
@@ -244,12 +244,16 @@ start_softswitch() {
     SS_PID=$!
     track_pid "$SS_PID"
     for i in $(seq "${SS_START_TIMEOUT_S:-60}"); do
-        kill -0 "$SS_PID" 2>/dev/null || { tail -20 "$logf" >&2; die "softswitch exited at startup"; }
+        if ! kill -0 "$SS_PID" 2>/dev/null; then
+            tail -20 "$logf" >&2; log "softswitch exited at startup"; return 1
+        fi
         python3 "$BASE_DIR/tools/sip_ping.py" 127.0.0.1 "$port" 1 && break
         sleep 0.5
     done
-    python3 "$BASE_DIR/tools/sip_ping.py" 127.0.0.1 "$port" 2 \
-        || { tail -20 "$logf" >&2; die "softswitch did not answer OPTIONS on 127.0.0.1:$port"; }
+    if ! python3 "$BASE_DIR/tools/sip_ping.py" 127.0.0.1 "$port" 2; then
+        tail -20 "$logf" >&2; log "softswitch did not answer OPTIONS on 127.0.0.1:$port"
+        stop_tracked "$SS_PID"; return 1
+    fi
     log "softswitch pid $SS_PID up on 127.0.0.1:$port"
 }
 

@@ -85,8 +85,9 @@ declare -A BEST=() FAIL=() NOTE=()
 # the system under test: SUT_NAME, SUT_PORT, SUT_PIDS (for CPU accounting)
 SUT_NAME=""; SUT_PORT=0; declare -a SUT_PIDS=()
 
-start_sut_softswitch() {
+start_sut_softswitch() { # a fresh node (empty data dir) for each ladder
     local dir="$SCRATCH/softswitch"
+    rm -rf "$dir/data"
     mkdir -p "$dir"
     {
         echo "extensions:"
@@ -121,12 +122,14 @@ seed = "$dir/pbx.yaml"
 [log]
 level = "warn"
 EOF
-    start_softswitch "$SOFTSWITCH_BIN" "$dir/node.toml" "$SS_PORT" "$SCRATCH/softswitch.log"
-    SUT_NAME=softswitch; SUT_PORT=$SS_PORT; SUT_PIDS=("$SS_PID")
+    SUT_NAME=softswitch; SUT_PORT=$SS_PORT; SUT_PIDS=()
+    start_softswitch "$SOFTSWITCH_BIN" "$dir/node.toml" "$SS_PORT" "$SCRATCH/softswitch-$1.log" || return 1
+    SUT_PIDS=("$SS_PID")
 }
 
 stop_sut() {
     (( ${#SUT_PIDS[@]} )) && stop_tracked "${SUT_PIDS[@]}"
+    [[ "$SUT_NAME" == softswitch && -n "${SS_PID:-}" ]] && stop_tracked "$SS_PID"
     local i
     for i in $(seq 50); do udp_taken "$SUT_PORT" || break; sleep 0.1; done
     SUT_PIDS=()
@@ -182,7 +185,7 @@ reg_step() {
 register_callee() { # the UAS registers as extension CALLEE from its own port (softswitch only)
     run_sipp "reg-callee" -sf "$BASE_DIR/sipp/register-auth.xml" -inf "$CALLEE_CSV" "127.0.0.1:$SUT_PORT" \
         -i 127.0.0.1 -p "$UAS_PORT" -m 1 -timeout 10s -timeout_error \
-        || { cat "$SCRATCH/reg-callee.err.log" >&2 2>/dev/null; die "callee $CALLEE could not register"; }
+        || { cat "$SCRATCH/reg-callee.err.log" >&2 2>/dev/null; log "callee $CALLEE could not register"; return 1; }
 }
 
 call_step() {
@@ -252,18 +255,30 @@ REG_COST=$(( DURATION + 20 ))
 CALL_COST=$(( DURATION + CALL_MS / 1000 + 20 ))
 : >"$STEPS.reg"; : >"$STEPS.calls"
 
+not_measured() { # KEY WHY
+    BEST[$1]=0; FAIL[$1]=0; NOTE[$1]="not measured: $2"; log "$1 not measured: $2"
+    stop_sut
+}
+
 for sys in $SYSTEMS; do
     for t in $TESTS; do
         case "$sys/$t" in
             softswitch/register)
-                start_sut_softswitch
-                run_ladder "$sys/$t" reg_step "$REG_RATES" "$REG_REFINE" "$REG_COST"
-                stop_sut ;;
+                if start_sut_softswitch register; then
+                    run_ladder "$sys/$t" reg_step "$REG_RATES" "$REG_REFINE" "$REG_COST"
+                    stop_sut
+                else
+                    not_measured "$sys/$t" "the node did not start (log: softswitch-register.log)"
+                fi ;;
             softswitch/calls)
-                start_sut_softswitch
-                register_callee
-                run_ladder "$sys/$t" call_step "$CALL_RATES" "$CALL_REFINE" "$CALL_COST"
-                stop_sut ;;
+                if ! start_sut_softswitch calls; then
+                    not_measured "$sys/$t" "the node did not start (log: softswitch-calls.log)"
+                elif ! register_callee; then
+                    not_measured "$sys/$t" "callee $CALLEE could not register"
+                else
+                    run_ladder "$sys/$t" call_step "$CALL_RATES" "$CALL_REFINE" "$CALL_COST"
+                    stop_sut
+                fi ;;
             kamailio/register)
                 start_sut_kamailio "$BASE_DIR/kamailio/registrar.cfg"
                 run_ladder "$sys/$t" reg_step "$REG_RATES" "$REG_REFINE" "$REG_COST"
