@@ -361,17 +361,7 @@ level = "{level}"
         let cfg = dir.join("node.toml");
         std::fs::write(&cfg, toml)?;
         let log_path = dir.join("node.log");
-        let log = std::fs::File::create(&log_path)?;
-        let log2 = log.try_clone()?;
-        let child = die_with_parent(&mut Command::new(&bin))
-            .arg("--config")
-            .arg(&cfg)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+        let child = spawn_node(&bin, &cfg, &dir, &log_path)?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let (tmp, keep) = if keep_dirs() {
             (None, tmp.keep())
@@ -392,6 +382,22 @@ level = "{level}"
         };
         node.wait_ready(Duration::from_secs(30))?;
         Ok(node)
+    }
+
+    /// Stop the node (TERM, KILL after 5 s) and start it again on the same config and data
+    /// directory; waits until it answers OPTIONS again.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(5));
+        }
+        let cfg = self.dir.join("node.toml");
+        self.child = Some(spawn_node(
+            &softswitch_bin(),
+            &cfg,
+            &self.dir,
+            &self.log_path,
+        )?);
+        self.wait_ready(Duration::from_secs(30))
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
@@ -480,6 +486,23 @@ level = "{level}"
         }
         last
     }
+}
+
+fn spawn_node(bin: &Path, cfg: &Path, dir: &Path, log_path: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)?;
+    let log2 = log.try_clone()?;
+    die_with_parent(&mut Command::new(bin))
+        .arg("--config")
+        .arg(cfg)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))
 }
 
 impl Drop for Node {
