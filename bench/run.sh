@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# bench/run.sh -- `make bench`: the softswitch side by side with Kamailio 5.6, same machine,
+# same run, same load generator (sipp) and pass rules.
+#
+#  (a) register_auth: REGISTER -> 401 -> REGISTER with MD5 digest -> 200, users
+#      100000..119999 (password pw<user>), one sipp UAC at -r RATE.
+#        softswitch: its registrar (algorithms = ["MD5"]: sipp only does MD5)
+#        kamailio:   in-memory registrar (usrloc db_mode=0, pv_auth_check)  kamailio/registrar.cfg
+#  (b) calls: INVITE/100/180/200/ACK/pause CALL_MS/BYE/200 from a sipp UAC to a sipp UAS.
+#        softswitch: B2BUA; the UAS registers as extension 2000 first, the UAC is extension
+#                    3000 with trusted_ips = ["127.0.0.1"] (IP-authenticated: no 407 round
+#                    trip, like the Kamailio proxy, which does no auth either)
+#        kamailio:   stateful record-routing proxy (tm, t_relay by request-URI)  kamailio/proxy.cfg
+#
+# Rate ladder per (system, test): DURATION s per step, ascending RATES until the first failing
+# step, then REFINE bisection steps. A step passes when sipp exits 0, every call succeeded
+# (UAC and UAS), sipp created all calls on time (it kept up) and retransmissions were at most
+# MAX_RETRANS_PCT % of the calls. The figure is the highest passing rate.
+#
+# Everything on 127.0.0.1: softswitch udp+tcp :5170, kamailio udp :5070, UAS :5080, UAC :5090.
+# Refuses to start if one of those ports is taken. Stops only the processes it started (by PID,
+# start time checked), on any exit.
+#
+# Env knobs: DURATION (30), RATES (both ladders), REG_RATES ("500 1000 2000 4000 8000 16000"),
+#   CALL_RATES ("250 500 1000 2000 4000 8000"), REG_REFINE (1), CALL_REFINE (2), CALL_MS (1000),
+#   MAX_RETRANS_PCT (1), SIPP_BUF (4194304), CHILDREN (kamailio workers, 4), KAM_SHM_MB (2048),
+#   BUDGET_S (per ladder, 330), SYSTEMS ("softswitch kamailio"), TESTS ("register calls"),
+#   SOFTSWITCH_BIN, KEEP_SCRATCH=1, QUICK=1 (smoke run: 5 s steps, two low rates, no bisection).
+# Last two lines:
+#   register_auth softswitch=N/s kamailio=M/s ratio=R
+#   calls softswitch=N cps kamailio=M cps ratio=R
+
+source "$(dirname "$0")/lib.sh"
+
+if [[ "${QUICK:-0}" == 1 ]]; then
+    DURATION="${DURATION:-5}"
+    REG_RATES="${REG_RATES:-${RATES:-200 500}}"
+    CALL_RATES="${CALL_RATES:-${RATES:-50 100}}"
+    REG_REFINE="${REG_REFINE:-0}"
+    CALL_REFINE="${CALL_REFINE:-0}"
+    CALL_MS="${CALL_MS:-500}"
+fi
+DURATION="${DURATION:-30}"
+REG_RATES="${REG_RATES:-${RATES:-500 1000 2000 4000 8000 16000}}"
+CALL_RATES="${CALL_RATES:-${RATES:-250 500 1000 2000 4000 8000}}"
+REG_REFINE="${REG_REFINE:-1}"
+CALL_REFINE="${CALL_REFINE:-2}"
+CALL_MS="${CALL_MS:-1000}"
+MAX_RETRANS_PCT="${MAX_RETRANS_PCT:-1}"
+SIPP_BUF="${SIPP_BUF:-4194304}"
+CHILDREN="${CHILDREN:-4}"
+BUDGET_S="${BUDGET_S:-330}"
+SYSTEMS="${SYSTEMS:-softswitch kamailio}"
+TESTS="${TESTS:-register calls}"
+
+SS_PORT=5170
+KAM_PORT=5070
+UAS_PORT=5080
+UAC_PORT=5090
+CALLEE=2000
+CALLER=3000
+
+REPO_DIR="$(cd "$BASE_DIR/.." && pwd)"
+SOFTSWITCH_BIN="${SOFTSWITCH_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/softswitch}"
+
+need sipp; need python3; need /usr/bin/time; need awk; need ss
+[[ " $SYSTEMS " == *" kamailio "* ]] && need kamailio
+raise_nofile
+for p in "$KAM_PORT" "$UAS_PORT" "$UAC_PORT" "$SS_PORT"; do
+    udp_taken "$p" && die "127.0.0.1:$p (udp) is already in use"
+done
+tcp_listening 127.0.0.1 "$SS_PORT" && die "127.0.0.1:$SS_PORT (tcp) is already in use"
+
+# users 100000..119999, password pw<user> (the Kamailio registrar accepts the same pattern)
+USERS="$SCRATCH/users.csv"
+{ echo SEQUENTIAL; seq 100000 119999 | awk '{print $1 ";pw" $1}'; } >"$USERS"
+CALLEE_CSV="$SCRATCH/callee.csv"
+printf 'SEQUENTIAL\n%s;pw%s\n' "$CALLEE" "$CALLEE" >"$CALLEE_CSV"
+
+STEPS="$SCRATCH/steps.txt"
+: >"$STEPS"
+declare -A BEST=() FAIL=() NOTE=()
+
+# ---------------------------------------------------------------------------------------
+# the system under test: SUT_NAME, SUT_PORT, SUT_PIDS (for CPU accounting)
+SUT_NAME=""; SUT_PORT=0; declare -a SUT_PIDS=()
+
+start_sut_softswitch() { # a fresh node (empty data dir) for each ladder
+    local dir="$SCRATCH/softswitch"
+    rm -rf "$dir/data"
+    mkdir -p "$dir"
+    {
+        echo "extensions:"
+        seq 100000 119999 | awk '{printf "  - number: \"%s\"\n    name: \"Bench %s\"\n    password: \"pw%s\"\n", $1, $1, $1}'
+        printf '  - number: "%s"\n    name: "Bench callee"\n    password: "pw%s"\n' "$CALLEE" "$CALLEE"
+        printf '  - number: "%s"\n    name: "Bench caller"\n    password: "pw%s"\n    trusted_ips: ["127.0.0.1"]\n' "$CALLER" "$CALLER"
+    } >"$dir/pbx.yaml"
+    cat >"$dir/node.toml" <<EOF
+[node]
+data_dir = "$dir/data"
+
+[sip]
+udp = ["127.0.0.1:$SS_PORT"]
+tcp = ["127.0.0.1:$SS_PORT"]
+advertised_host = "127.0.0.1"
+
+[registrar]
+realm = "softswitch"
+min_expires = 60
+max_expires = 7200
+default_expires = 3600
+max_contacts = 2
+nonce_ttl_secs = 30
+algorithms = ["MD5"]
+
+[calls]
+ring_timeout_secs = 30
+
+[pbx]
+seed = "$dir/pbx.yaml"
+
+[log]
+level = "warn"
+EOF
+    SUT_NAME=softswitch; SUT_PORT=$SS_PORT; SUT_PIDS=()
+    start_softswitch "$SOFTSWITCH_BIN" "$dir/node.toml" "$SS_PORT" "$SCRATCH/softswitch-$1.log" || return 1
+    SUT_PIDS=("$SS_PID")
+}
+
+stop_sut() {
+    (( ${#SUT_PIDS[@]} )) && stop_tracked "${SUT_PIDS[@]}"
+    [[ "$SUT_NAME" == softswitch && -n "${SS_PID:-}" ]] && stop_tracked "$SS_PID"
+    local i
+    for i in $(seq 50); do udp_taken "$SUT_PORT" || break; sleep 0.1; done
+    SUT_PIDS=()
+}
+
+start_sut_kamailio() { # CFG
+    start_kamailio "$1" "$CHILDREN" "$KAM_PORT" "$SCRATCH/kamailio-$(basename "$1" .cfg).log"
+    SUT_NAME=kamailio; SUT_PORT=$KAM_PORT; SUT_PIDS=("${KAM_PIDS[@]}")
+}
+
+header_reg() {
+    printf '%-10s %-7s %-4s %7s %6s %6s %8s %8s %6s %7s %5s %5s %5s %s\n' \
+        system rate pass ok failed retr sut_drop oth_drop gen_s got/s sut% sipp% busy% note
+}
+header_calls() {
+    printf '%-10s %-6s %-4s %7s %6s %6s %7s %8s %8s %6s %6s %5s %5s %5s %5s %s\n' \
+        system cps pass ok failed retr uas_ok uas_fail drops gen_s got/s sut% uac% uas% busy% note
+}
+
+# ---------------------------------------------------------------------------------------
+reg_step() {
+    local rate="$1" m=$(( $1 * DURATION )) tag="reg-$SUT_NAME-$1"
+    local k0 k1 s0 s1 t0 t1 rc pass=1 note="" kd0 kd1 ud0 ud1
+    log "$SUT_NAME register: $rate REGISTER/s for ${DURATION}s ($m registrations)"
+    kd0="$(sock_drops "$SUT_PORT")"; ud0="$(udp_rcvbuf_errors)"
+    k0="$(cpu_ticks "${SUT_PIDS[@]}")"; s0="$(sys_cpu)"; t0="$(date +%s.%N)"
+    run_sipp "$tag" -sf "$BASE_DIR/sipp/register-auth.xml" -inf "$USERS" "127.0.0.1:$SUT_PORT" \
+        -i 127.0.0.1 -p "$UAC_PORT" -r "$rate" -m "$m" -buff_size "$SIPP_BUF" \
+        -timeout "$(( DURATION + 15 ))s" -timeout_error
+    rc=$?
+    k1="$(cpu_ticks "${SUT_PIDS[@]}")"; s1="$(sys_cpu)"; t1="$(date +%s.%N)"
+    kd1="$(sock_drops "$SUT_PORT")"; ud1="$(udp_rcvbuf_errors)"
+    local sut_drop=$(( kd1 - kd0 )) oth_drop=$(( (ud1 - ud0) - (kd1 - kd0) ))
+    local st created=0 ok=0 failed=0 retrans=0 dead=0 outofcall=0 watchdog=0 gen_s=-1 elapsed_s=0 rate_got=0
+    st="$(python3 "$BASE_DIR/tools/sippstat.py" "$SCRATCH/$tag.stat.csv" "$m" 2>/dev/null)"
+    eval "${st//rate=/rate_got=}"
+    local wall sut_pct sipp_pct busy
+    wall="$(calc %.3f "$t1 - $t0")"
+    sut_pct="$(calc %.0f "($k1 - $k0) / $CLK_TCK / $wall * 100")"
+    busy="$(busy_pct "$s0" "$s1")"
+    sipp_pct="$(sipp_cpu_pct "$tag")"
+    if (( rc != 0 )); then pass=0; note="sipp_rc=$rc"; fi
+    if (( failed > 0 || ok < m )); then pass=0; note="$note failed/incomplete"; fi
+    if fcmp "$gen_s < 0 || $gen_s > $DURATION + 1.5"; then pass=0; note="$note sipp_fell_behind"; fi
+    if fcmp "$retrans > $m * $MAX_RETRANS_PCT / 100"; then pass=0; note="$note retrans>${MAX_RETRANS_PCT}%"; fi
+    printf '%-10s %-7s %-4s %7s %6s %6s %8s %8s %6s %7s %5s %5s %5s %s\n' "$SUT_NAME" "$rate" \
+        "$([[ $pass == 1 ]] && echo yes || echo NO)" "$ok" "$failed" "$retrans" "$sut_drop" "$oth_drop" \
+        "$gen_s" "$rate_got" "$sut_pct" "$sipp_pct" "$busy" "${note# }" | tee -a "$STEPS.reg" >&2
+    (( pass == 1 ))
+}
+
+# ---------------------------------------------------------------------------------------
+register_callee() { # the UAS registers as extension CALLEE from its own port (softswitch only)
+    run_sipp "reg-callee" -sf "$BASE_DIR/sipp/register-auth.xml" -inf "$CALLEE_CSV" "127.0.0.1:$SUT_PORT" \
+        -i 127.0.0.1 -p "$UAS_PORT" -m 1 -timeout 10s -timeout_error \
+        || { cat "$SCRATCH/reg-callee.err.log" >&2 2>/dev/null; log "callee $CALLEE could not register"; return 1; }
+}
+
+call_step() {
+    local rate="$1" m=$(( $1 * DURATION )) tag="calls-$SUT_NAME-$1"
+    local k0 k1 s0 s1 t0 t1 rc uas_pid pass=1 note="" ud0 ud1 target i
+    log "$SUT_NAME calls: $rate calls/s for ${DURATION}s ($m calls of ${CALL_MS} ms)"
+    ud0="$(udp_rcvbuf_errors)"
+    /usr/bin/time -f '%e %U %S' -o "$SCRATCH/$tag-uas.time" \
+        sipp -sf "$BASE_DIR/sipp/uas-rr.xml" -i 127.0.0.1 -p "$UAS_PORT" -m "$m" -buff_size "$SIPP_BUF" \
+        -timeout "$(( DURATION + CALL_MS / 1000 + 25 ))s" \
+        -nostdin -trace_stat -stf "$SCRATCH/$tag-uas.stat.csv" -fd 1 \
+        -trace_err -error_file "$SCRATCH/$tag-uas.err.log" >"$SCRATCH/$tag-uas.out" 2>&1 </dev/null &
+    uas_pid=$!
+    track_pid "$uas_pid"; sleep 0.3; track_tree "$uas_pid"
+    udp_bound 127.0.0.1 "$UAS_PORT" || { sleep 0.5; udp_bound 127.0.0.1 "$UAS_PORT" || die "UAS did not start"; }
+    local uas_sipp u0 u1
+    uas_sipp="$(children_of "$uas_pid" | head -n 1)"
+    # Kamailio routes by request-URI (= the UAS); the softswitch routes the number itself
+    if [[ "$SUT_NAME" == kamailio ]]; then target="127.0.0.1:$UAS_PORT"; else target="127.0.0.1:$SUT_PORT"; fi
+
+    k0="$(cpu_ticks "${SUT_PIDS[@]}")"; u0="$(cpu_ticks $uas_sipp)"; s0="$(sys_cpu)"; t0="$(date +%s.%N)"
+    run_sipp "$tag" -sf "$BASE_DIR/sipp/uac-call.xml" "$target" -rsa "127.0.0.1:$SUT_PORT" \
+        -s "$CALLEE" -key caller "$CALLER" \
+        -i 127.0.0.1 -p "$UAC_PORT" -d "$CALL_MS" -r "$rate" -m "$m" -buff_size "$SIPP_BUF" \
+        -timeout "$(( DURATION + CALL_MS / 1000 + 15 ))s" -timeout_error
+    rc=$?
+    k1="$(cpu_ticks "${SUT_PIDS[@]}")"; u1="$(cpu_ticks $uas_sipp)"; s1="$(sys_cpu)"; t1="$(date +%s.%N)"
+    for i in $(seq 60); do kill -0 "$uas_pid" 2>/dev/null || break; sleep 0.1; done
+    stop_tracked "$uas_pid" $(descendants "$uas_pid")
+    ud1="$(udp_rcvbuf_errors)"
+
+    local st created=0 ok=0 failed=0 retrans=0 dead=0 outofcall=0 watchdog=0 gen_s=-1 elapsed_s=0 rate_got=0
+    st="$(python3 "$BASE_DIR/tools/sippstat.py" "$SCRATCH/$tag.stat.csv" "$m" 2>/dev/null)"
+    eval "${st//rate=/rate_got=}"
+    local u_ok=0 u_failed=0
+    st="$(python3 "$BASE_DIR/tools/sippstat.py" "$SCRATCH/$tag-uas.stat.csv" "$m" 2>/dev/null)"
+    u_ok="$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<<"$st")"; u_failed="$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$st")"
+
+    local wall sut_pct uac_pct uas_pct busy
+    wall="$(calc %.3f "$t1 - $t0")"
+    sut_pct="$(calc %.0f "($k1 - $k0) / $CLK_TCK / $wall * 100")"
+    busy="$(busy_pct "$s0" "$s1")"
+    uac_pct="$(sipp_cpu_pct "$tag")"
+    uas_pct="?"
+    (( u1 >= u0 && u1 > 0 )) && uas_pct="$(calc %.0f "($u1 - $u0) / $CLK_TCK / $wall * 100")"
+    if (( rc != 0 )); then pass=0; note="uac_rc=$rc"; fi
+    if (( failed > 0 || ok < m )); then pass=0; note="$note failed/incomplete"; fi
+    if (( ${u_failed:-0} > 0 )); then pass=0; note="$note uas_failed"; fi
+    if fcmp "$gen_s < 0 || $gen_s > $DURATION + 1.5"; then pass=0; note="$note sipp_fell_behind"; fi
+    if fcmp "$retrans > $m * $MAX_RETRANS_PCT / 100"; then pass=0; note="$note retrans>${MAX_RETRANS_PCT}%"; fi
+    printf '%-10s %-6s %-4s %7s %6s %6s %7s %8s %8s %6s %6s %5s %5s %5s %5s %s\n' "$SUT_NAME" "$rate" \
+        "$([[ $pass == 1 ]] && echo yes || echo NO)" "$ok" "$failed" "$retrans" "${u_ok:-?}" "${u_failed:-?}" \
+        "$(( ud1 - ud0 ))" "$gen_s" "$rate_got" "$sut_pct" "$uac_pct" "$uas_pct" "$busy" "${note# }" \
+        | tee -a "$STEPS.calls" >&2
+    (( pass == 1 ))
+}
+
+run_ladder() { # KEY STEP_FN RATES REFINE COST
+    local key="$1"
+    budget_reset
+    LADDER_BEST=0; LADDER_FAIL=0; LADDER_NOTE=""
+    ladder "$2" "$3" "$4" "$5"
+    BEST[$key]="$LADDER_BEST"; FAIL[$key]="$LADDER_FAIL"; NOTE[$key]="$LADDER_NOTE"
+}
+
+REG_COST=$(( DURATION + 20 ))
+CALL_COST=$(( DURATION + CALL_MS / 1000 + 20 ))
+: >"$STEPS.reg"; : >"$STEPS.calls"
+
+not_measured() { # KEY WHY
+    BEST[$1]=0; FAIL[$1]=0; NOTE[$1]="not measured: $2"; log "$1 not measured: $2"
+    stop_sut
+}
+
+for sys in $SYSTEMS; do
+    for t in $TESTS; do
+        case "$sys/$t" in
+            softswitch/register)
+                if start_sut_softswitch register; then
+                    run_ladder "$sys/$t" reg_step "$REG_RATES" "$REG_REFINE" "$REG_COST"
+                    stop_sut
+                else
+                    not_measured "$sys/$t" "the node did not start (log: softswitch-register.log)"
+                fi ;;
+            softswitch/calls)
+                if ! start_sut_softswitch calls; then
+                    not_measured "$sys/$t" "the node did not start (log: softswitch-calls.log)"
+                elif ! register_callee; then
+                    not_measured "$sys/$t" "callee $CALLEE could not register"
+                else
+                    run_ladder "$sys/$t" call_step "$CALL_RATES" "$CALL_REFINE" "$CALL_COST"
+                    stop_sut
+                fi ;;
+            kamailio/register)
+                start_sut_kamailio "$BASE_DIR/kamailio/registrar.cfg"
+                run_ladder "$sys/$t" reg_step "$REG_RATES" "$REG_REFINE" "$REG_COST"
+                stop_sut ;;
+            kamailio/calls)
+                start_sut_kamailio "$BASE_DIR/kamailio/proxy.cfg"
+                run_ladder "$sys/$t" call_step "$CALL_RATES" "$CALL_REFINE" "$CALL_COST"
+                stop_sut ;;
+            *) die "unknown system/test $sys/$t" ;;
+        esac
+    done
+done
+
+ratio() { # OURS THEIRS
+    if (( ${2:-0} > 0 )); then calc %.2f "$1 / $2"; else echo "n/a"; fi
+}
+describe() { # KEY -> note lines
+    local k="$1"
+    [[ -n "${NOTE[$k]:-}" ]] && echo "# $k: ${NOTE[$k]}"
+    (( ${FAIL[$k]:-0} > 0 )) && echo "# $k: first failing rate ${FAIL[$k]}"
+    return 0
+}
+
+echo "# softswitch ($SOFTSWITCH_BIN) vs kamailio $(kamailio -v 2>/dev/null | awk '/^version/{print $3}'), sipp $(sipp -v 2>/dev/null | awk '/SIPp/{print $2}'), ${DURATION}s per step, $NPROC cores"
+echo "# pass = sipp exit 0, 0 failed calls (UAC and UAS), all calls created on time (gen_s <= $DURATION+1.5), retransmissions <= ${MAX_RETRANS_PCT}% of calls"
+echo "# sut% / sipp% / uac% / uas% = CPU in % of ONE core (kamailio: all its processes); busy% = whole machine (max $(( NPROC * 100 )))"
+echo "# calls: softswitch = B2BUA, caller IP-authenticated (trusted_ips, no 407), callee registered; kamailio = stateful record-routing proxy, no auth, no registrar"
+if [[ " $TESTS " == *" register "* ]]; then
+    echo "## register_auth (REGISTER/s)"
+    header_reg; cat "$STEPS.reg"
+    for s in $SYSTEMS; do describe "$s/register"; done
+fi
+if [[ " $TESTS " == *" calls "* ]]; then
+    echo "## calls (calls/s, hold ${CALL_MS} ms)"
+    header_calls; cat "$STEPS.calls"
+    for s in $SYSTEMS; do describe "$s/calls"; done
+fi
+[[ " $TESTS " == *" register "* ]] && echo "register_auth softswitch=${BEST[softswitch/register]:-0}/s kamailio=${BEST[kamailio/register]:-0}/s ratio=$(ratio "${BEST[softswitch/register]:-0}" "${BEST[kamailio/register]:-0}")"
+[[ " $TESTS " == *" calls "* ]] && echo "calls softswitch=${BEST[softswitch/calls]:-0} cps kamailio=${BEST[kamailio/calls]:-0} cps ratio=$(ratio "${BEST[softswitch/calls]:-0}" "${BEST[kamailio/calls]:-0}")"
+exit 0
