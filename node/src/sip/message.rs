@@ -578,10 +578,7 @@ pub struct SipUri {
 impl SipUri {
     /// Value of a URI parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
+        find_param(&self.params, name)
     }
 }
 
@@ -666,10 +663,7 @@ impl NameAddr {
 
     /// Value of a header parameter (case-insensitive name).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
+        find_param(&self.params, name)
     }
 
     /// Serialises back to header form, always with `<>`.
@@ -679,16 +673,7 @@ impl NameAddr {
             let _ = write!(s, "\"{}\" ", d.replace('"', ""));
         }
         let _ = write!(s, "<{}>", self.uri);
-        for (k, v) in &self.params {
-            match v {
-                Some(v) => {
-                    let _ = write!(s, ";{k}={v}");
-                }
-                None => {
-                    let _ = write!(s, ";{k}");
-                }
-            }
-        }
+        write_params(&mut s, &self.params);
         s
     }
 }
@@ -703,6 +688,24 @@ fn find_unquoted(s: &str, needle: char) -> Option<usize> {
         }
     }
     None
+}
+
+/// Value of a parameter in a parsed list (case-insensitive name; `""` for a bare flag).
+pub fn find_param<'a>(params: &'a [(String, Option<String>)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_deref().unwrap_or(""))
+}
+
+/// Appends `;k=v` / `;k` for each parameter.
+fn write_params(s: &mut String, params: &[(String, Option<String>)]) {
+    for (k, v) in params {
+        let _ = match v {
+            Some(v) => write!(s, ";{k}={v}"),
+            None => write!(s, ";{k}"),
+        };
+    }
 }
 
 /// Parses `;a=b;c` parameter lists.
@@ -778,10 +781,7 @@ impl Via {
 
     /// Value of a parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
+        find_param(&self.params, name)
     }
 
     /// True when the parameter is present (with or without value).
@@ -815,16 +815,7 @@ impl Via {
         if let Some(p) = self.port {
             let _ = write!(s, ":{p}");
         }
-        for (k, v) in &self.params {
-            match v {
-                Some(v) => {
-                    let _ = write!(s, ";{k}={v}");
-                }
-                None => {
-                    let _ = write!(s, ";{k}");
-                }
-            }
-        }
+        write_params(&mut s, &self.params);
         s
     }
 }
