@@ -348,10 +348,38 @@ async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::R
     let _ = writer.shutdown().await;
 }
 
+/// Socket buffer sizes for SIP over UDP: bursts of thousands of datagrams must wait in
+/// the kernel while the core works through a batch, instead of being dropped.
+const UDP_RCVBUF: libc::c_int = 16 << 20;
+const UDP_SNDBUF: libc::c_int = 4 << 20;
+
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let std_sock = std::net::UdpSocket::bind(addr)?;
     std_sock.set_nonblocking(true)?;
+    set_buffer(&std_sock, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, UDP_RCVBUF);
+    set_buffer(&std_sock, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, UDP_SNDBUF);
     UdpSocket::from_std(std_sock)
+}
+
+/// Sets a socket buffer size: the `FORCE` option passes `net.core.rmem_max` when the
+/// process may (CAP_NET_ADMIN); otherwise the plain option gets what the limit allows.
+fn set_buffer(
+    sock: &std::net::UdpSocket,
+    force: libc::c_int,
+    plain: libc::c_int,
+    size: libc::c_int,
+) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let value = &size as *const libc::c_int as *const libc::c_void;
+    // SAFETY: fd is a valid open socket for the duration of the call, and value points
+    // to a c_int of the length given.
+    let forced = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, force, value, len) } == 0;
+    if !forced {
+        // SAFETY: as above.
+        let _ = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, plain, value, len) };
+    }
 }
 
 /// Where a response to `req` goes (RFC 3261 §18.2.2, RFC 3581): back over the same
