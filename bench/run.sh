@@ -25,6 +25,8 @@
 #   CALL_RATES ("250 500 1000 2000 4000 8000"), REG_REFINE (1), CALL_REFINE (2), CALL_MS (1000),
 #   MAX_RETRANS_PCT (1), SIPP_BUF (4194304), CHILDREN (kamailio workers, 4), KAM_SHM_MB (2048),
 #   BUDGET_S (per ladder, 330), SYSTEMS ("softswitch kamailio"), TESTS ("register calls"),
+#   SETTLE_S (35: pause after a failed call step, longer than the 30 s ring timeout and tm
+#   fr_inv_timer, so leftovers of that step cannot fail the next one),
 #   SOFTSWITCH_BIN, KEEP_SCRATCH=1, QUICK=1 (smoke run: 5 s steps, two low rates, no bisection).
 # Last two lines:
 #   register_auth softswitch=N/s kamailio=M/s ratio=R
@@ -39,6 +41,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
     REG_REFINE="${REG_REFINE:-0}"
     CALL_REFINE="${CALL_REFINE:-0}"
     CALL_MS="${CALL_MS:-500}"
+    SETTLE_S="${SETTLE_S:-5}"
 fi
 DURATION="${DURATION:-30}"
 REG_RATES="${REG_RATES:-${RATES:-500 1000 2000 4000 8000 16000}}"
@@ -52,6 +55,7 @@ CHILDREN="${CHILDREN:-4}"
 BUDGET_S="${BUDGET_S:-330}"
 SYSTEMS="${SYSTEMS:-softswitch kamailio}"
 TESTS="${TESTS:-register calls}"
+SETTLE_S="${SETTLE_S:-35}"
 
 SS_PORT=5170
 KAM_PORT=5070
@@ -240,6 +244,13 @@ call_step() {
         "$([[ $pass == 1 ]] && echo yes || echo NO)" "$ok" "$failed" "$retrans" "${u_ok:-?}" "${u_failed:-?}" \
         "$(( ud1 - ud0 ))" "$gen_s" "$rate_got" "$sut_pct" "$uac_pct" "$uas_pct" "$busy" "${note# }" \
         | tee -a "$STEPS.calls" >&2
+    if (( pass == 0 )); then
+        # calls the failed step left ringing end only at the ring timeout / fr_inv_timer
+        # (30 s): let them finish, or their late CANCELs and final responses land on the next
+        # step's fresh UAS and UAC and count as its failures
+        log "settling ${SETTLE_S}s after a failed step"
+        sleep "$SETTLE_S"
+    fi
     (( pass == 1 ))
 }
 
