@@ -269,15 +269,15 @@ impl ParseError {
         }
     }
 
-    /// A response to the offending request, when the request got far enough to address one.
+    /// A response to the offending request, when the request got far enough to route
+    /// one: a readable top Via is enough (RFC 3261 §18.2.2); whichever of From, To,
+    /// Call-ID and CSeq were present are copied, so the sender can match it.
     pub fn reply(&self) -> Option<SipMessage> {
         let partial = self.partial.as_ref()?;
         if !partial.is_request() || partial.method() == Some(&Method::Ack) {
             return None;
         }
-        for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
-            partial.headers.get(h)?;
-        }
+        partial.top_via()?;
         Some(partial.response(self.status, &self.reason))
     }
 }
@@ -1184,10 +1184,11 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
         assert_eq!(e.reply().unwrap().status(), Some(505));
         let e = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
         assert_eq!((e.status, e.reason.as_str()), (400, "Missing Call-ID"));
-        assert!(
-            e.reply().is_none(),
-            "cannot address a reply without Call-ID"
-        );
+        let reply = e.reply().expect("routable by its Via");
+        assert_eq!(reply.status(), Some(400));
+        assert!(reply.call_id().is_none());
+        let e = parse(b"OPTIONS sip:a@b SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n").unwrap_err();
+        assert!(e.reply().is_none(), "no Via, no route for a reply");
         let e = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 50\r\n\r\nshort").unwrap_err();
         assert_eq!(e.reason, "Content-Length Exceeds Body");
         let reply = e.reply().unwrap();
