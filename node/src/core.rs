@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
+/// A batch or timer pass slower than this is logged: it delays every message behind it.
+const SLOW_BATCH: Duration = Duration::from_millis(50);
+
 /// Methods this node implements (the Allow header).
 pub const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, MESSAGE, NOTIFY";
@@ -380,17 +383,32 @@ impl Core {
                     let now = Instant::now();
                     self.on_inbound(m, now);
                     // Drain what is already queued before looking at timers again.
-                    for _ in 0..512 {
+                    let mut n = 1;
+                    while n < 512 {
                         match rx.try_recv() {
                             Ok(m) => self.on_inbound(m, now),
                             Err(_) => break,
                         }
+                        n += 1;
                     }
                     self.commit(now);
+                    let took = now.elapsed();
+                    if took > SLOW_BATCH {
+                        tracing::warn!(messages = n, ms = took.as_millis() as u64, "slow message batch");
+                    }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
-            self.on_timer(Instant::now());
+            let now = Instant::now();
+            self.on_timer(now);
+            let took = now.elapsed();
+            if took > SLOW_BATCH {
+                tracing::warn!(
+                    ms = took.as_millis() as u64,
+                    transactions = self.txn.len(),
+                    "slow timer pass"
+                );
+            }
         }
     }
 
