@@ -9,3 +9,8 @@ pub mod registrar;
 pub mod routing;
 pub mod sip;
 pub mod store;
+
+/// Hash map for the per-message hot paths (transactions, calls): ahash is several times
+/// faster than SipHash and still keyed randomly per process, so peers choosing Call-IDs
+/// and branches cannot flood one bucket.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;

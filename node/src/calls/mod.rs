@@ -14,10 +14,11 @@ use crate::sip::dialog::Dialog;
 use crate::sip::message::{uri_user, Method, SipMessage};
 use crate::sip::transaction::TxKey;
 use crate::sip::Peer;
+use crate::FastMap;
 use bytes::Bytes;
 use cdr::{classify_failure, rfc3339, secs_between, Cdr, Disposition};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Call policy.
@@ -120,6 +121,24 @@ struct Call {
 }
 
 impl Call {
+    /// Drops what an ended call no longer needs while it waits (up to 64*T1) for its
+    /// transactions to finish; a forking call that is still settling keeps its losing
+    /// forks' INVITEs, needed to ACK and hang up a late 2xx.
+    fn shed(&mut self) {
+        self.a_invite.headers = Default::default();
+        self.a_invite.body = Bytes::new();
+        self.a_dialog = None;
+        self.b_dialog = None;
+        self.acks = [None, None];
+        let winner = self.winner;
+        for (i, f) in self.forks.iter_mut().enumerate() {
+            if f.done || winner == Some(i) {
+                f.invite.headers = Default::default();
+                f.invite.body = Bytes::new();
+            }
+        }
+    }
+
     fn dialog(&mut self, side: Side) -> Option<&mut Dialog> {
         match side {
             Side::A => self.a_dialog.as_mut(),
@@ -145,14 +164,14 @@ impl Call {
 /// Every call on this node.
 pub struct Calls {
     cfg: CallsConfig,
-    calls: HashMap<u64, Call>,
+    calls: FastMap<u64, Call>,
     next_id: u64,
     /// A-leg INVITE server transaction → call.
-    by_invite: HashMap<TxKey, u64>,
+    by_invite: FastMap<TxKey, u64>,
     /// (Call-ID, our tag) → call and side, for in-dialog requests and stray 2xx.
-    by_dialog: HashMap<(String, String), (u64, Side)>,
+    by_dialog: FastMap<(String, String), (u64, Side)>,
     /// Our client transactions → call and role.
-    clients: HashMap<TxKey, (u64, Role)>,
+    clients: FastMap<TxKey, (u64, Role)>,
     ring_timers: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Calls not yet ended (ended ones linger until their transactions finish).
     live: usize,
@@ -172,11 +191,11 @@ impl Calls {
     pub fn new(cfg: CallsConfig) -> Calls {
         Calls {
             cfg,
-            calls: HashMap::new(),
+            calls: FastMap::default(),
             next_id: 1,
-            by_invite: HashMap::new(),
-            by_dialog: HashMap::new(),
-            clients: HashMap::new(),
+            by_invite: FastMap::default(),
+            by_dialog: FastMap::default(),
+            clients: FastMap::default(),
             ring_timers: BinaryHeap::new(),
             live: 0,
         }
@@ -533,6 +552,7 @@ impl Calls {
                 Side::B => "callee".to_string(),
             }),
         });
+        call.shed();
         self.reap(id);
     }
 

@@ -9,8 +9,9 @@
 //! longer matches its slot is stale and skipped. That keeps a tick O(fired · log n) instead
 //! of a scan of every transaction, which matters at thousands of transactions per second.
 
+use crate::FastMap;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -351,7 +352,7 @@ impl Timers {
     }
 }
 
-fn entry_live(txs: &HashMap<TxKey, Tx>, e: &Entry) -> bool {
+fn entry_live(txs: &FastMap<TxKey, Tx>, e: &Entry) -> bool {
     txs.get(&e.key)
         .is_some_and(|tx| tx.id == e.tx_id && tx.timers[e.slot as usize] == Some(e.at))
 }
@@ -361,9 +362,9 @@ pub struct TransactionLayer {
     cfg: TimerConfig,
     max: usize,
     proceeding_limit: Duration,
-    txs: HashMap<TxKey, Tx>,
+    txs: FastMap<TxKey, Tx>,
     /// Server INVITE transactions in Accepted, for matching the ACK of a 2xx.
-    accepted: HashMap<AckKey, TxKey>,
+    accepted: FastMap<AckKey, TxKey>,
     timers: Timers,
     next_id: u64,
     stats: TxStats,
@@ -381,8 +382,8 @@ impl TransactionLayer {
             cfg,
             max,
             proceeding_limit: DEFAULT_PROCEEDING_LIMIT,
-            txs: HashMap::new(),
-            accepted: HashMap::new(),
+            txs: FastMap::default(),
+            accepted: FastMap::default(),
             timers: Timers::default(),
             next_id: 0,
             stats: TxStats::default(),
@@ -838,6 +839,9 @@ impl TransactionLayer {
                     tx.cancel_pending = false;
                     tx.clear(Slot::Retransmit);
                     tx.clear(Slot::Timeout);
+                    // Accepted lingers 64*T1 and never resends or cancels: free the request.
+                    tx.request = None;
+                    tx.request_bytes = Bytes::new();
                     self.timers.arm(tx, &key, Slot::Linger, now + cfg.t64());
                     out.push(deliver(msg));
                 } else {
@@ -845,7 +849,8 @@ impl TransactionLayer {
                     tx.cancel_pending = false;
                     tx.clear(Slot::Retransmit);
                     tx.clear(Slot::Timeout);
-                    let ack = tx.request.as_ref().and_then(|r| build_ack(r, &msg));
+                    let ack = tx.request.take().and_then(|r| build_ack(&r, &msg));
+                    tx.request_bytes = Bytes::new();
                     out.push(deliver(msg));
                     if let Some(ack) = ack {
                         let bytes = ack.to_bytes();
@@ -879,6 +884,8 @@ impl TransactionLayer {
                     tx.state = TxState::Completed;
                     tx.clear(Slot::Retransmit);
                     tx.clear(Slot::Timeout);
+                    tx.request = None;
+                    tx.request_bytes = Bytes::new();
                     linger = Some(if reliable { Duration::ZERO } else { cfg.t4 });
                 }
                 out.push(deliver(msg));
