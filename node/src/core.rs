@@ -25,6 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
+/// Messages handled before timers get a turn: large enough that responses already
+/// queued are seen before a retransmission timer fires for them.
+const MAX_BATCH: usize = 2048;
+
 /// A batch or timer pass slower than this is logged: it delays every message behind it.
 const SLOW_BATCH: Duration = Duration::from_millis(50);
 
@@ -384,7 +388,7 @@ impl Core {
                     self.on_inbound(m, now);
                     // Drain what is already queued before looking at timers again.
                     let mut n = 1;
-                    while n < 512 {
+                    while n < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(m) => self.on_inbound(m, now),
                             Err(_) => break,
