@@ -287,7 +287,10 @@ start_kamailio() {
 # Leaves $SCRATCH/TAG.{out,time,stat.csv,err.log}; returns sipp's exit code.
 run_sipp() {
     local tag="$1"; shift
+    # sipp's own -timeout was seen not to end a run stuck after an overload step: bound
+    # every run from outside too (TERM, then KILL 5 s later).
     /usr/bin/time -f '%e %U %S' -o "$SCRATCH/$tag.time" \
+        timeout -k 5 "${SIPP_HARD_TIMEOUT:-$(( DURATION + 90 ))}" \
         sipp "$@" -nostdin -trace_stat -stf "$SCRATCH/$tag.stat.csv" -fd 1 \
         -trace_err -error_file "$SCRATCH/$tag.err.log" >"$SCRATCH/$tag.out" 2>&1 </dev/null &
     local tp=$!

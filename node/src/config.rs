@@ -97,6 +97,9 @@ pub struct SipSection {
     pub tcp_max_connections: usize,
     /// Depth of the queue between the transports and the SIP core; a full queue answers 503 (default 50000).
     pub queue_depth: usize,
+    /// New INVITEs and REGISTERs that waited longer than this in that queue are answered
+    /// 503 with Retry-After instead of being processed late (default 250 ms).
+    pub max_queue_delay_ms: u64,
 }
 
 impl Default for SipSection {
@@ -115,6 +118,7 @@ impl Default for SipSection {
             tcp_max_connections_per_ip: 64,
             tcp_max_connections: 10_000,
             queue_depth: 50_000,
+            max_queue_delay_ms: 250,
         }
     }
 }
@@ -245,6 +249,9 @@ impl NodeConfig {
         }
         if self.sip.max_transactions == 0 {
             return bad("sip.max_transactions", "must be positive");
+        }
+        if self.sip.max_queue_delay_ms == 0 {
+            return bad("sip.max_queue_delay_ms", "must be positive");
         }
         if self.sip.queue_depth == 0 {
             return bad("sip.queue_depth", "must be positive");

@@ -302,6 +302,8 @@ pub struct Core {
     pending_bindings: Vec<Command>,
     /// REGISTER responses waiting for that write: (transaction, 200, 500 if it fails).
     held: Vec<(TxKey, SipMessage, SipMessage)>,
+    /// New INVITEs and REGISTERs queued longer than this are refused with 503.
+    max_queue_delay: Duration,
 }
 
 fn binding_command(change: crate::registrar::Change) -> Command {
@@ -374,6 +376,7 @@ impl Core {
             next_sweep: None,
             pending_bindings: Vec::new(),
             held: Vec::new(),
+            max_queue_delay: Duration::from_millis(cfg.sip.max_queue_delay_ms),
         })
     }
 
@@ -448,10 +451,31 @@ impl Core {
         ctx!(self, now)
     }
 
+    /// True for a request that starts new work (a call, a registration) and waited in the
+    /// queue longer than `sip.max_queue_delay_ms`: the node is behind, and answering it
+    /// 503 at once sheds load before retransmissions multiply it. Responses and in-dialog
+    /// requests are always processed, so calls in progress finish.
+    fn overloaded(&self, msg: &SipMessage, received: Instant, now: Instant) -> bool {
+        matches!(msg.method(), Some(Method::Invite | Method::Register))
+            && msg.to_tag().is_none()
+            && now.saturating_duration_since(received) > self.max_queue_delay
+    }
+
     /// Handles one message from a transport; REGISTER answers that promise a stored
     /// binding go out at the next [`Core::commit`].
     pub fn on_inbound(&mut self, inbound: Inbound, now: Instant) {
-        let Inbound { mut msg, from } = inbound;
+        let Inbound {
+            mut msg,
+            from,
+            received,
+        } = inbound;
+        if self.overloaded(&msg, received, now) {
+            self.metrics.inc(&self.metrics.overload_rejects);
+            let mut r = msg.response(503, "Service Unavailable");
+            r.headers.push("Retry-After", "5");
+            self.wire.send(reply_target(&msg, from), r.to_bytes());
+            return;
+        }
         let actions = if msg.is_request() {
             stamp_via(&mut msg, from);
             let to = reply_target(&msg, from);
@@ -580,7 +604,7 @@ impl Core {
                 let mut ctx = self.ctx(now);
                 ctx.respond(&key, r);
             }
-            Method::Invite if !in_dialog => match self.identify(&msg, from, now) {
+            Method::Invite if !in_dialog => match self.identify(&msg, from) {
                 Identity::Challenge(r) => {
                     let mut ctx = self.ctx(now);
                     ctx.respond(&key, r);
@@ -672,7 +696,7 @@ impl Core {
     }
 
     /// Who is calling: an extension trusted by source IP, or one proven by digest (407).
-    fn identify(&mut self, msg: &SipMessage, from: Peer, _now: Instant) -> Identity {
+    fn identify(&mut self, msg: &SipMessage, from: Peer) -> Identity {
         let caller = msg
             .from_addr()
             .and_then(|f| crate::sip::message::uri_user(&f.uri))

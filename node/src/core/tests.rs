@@ -110,6 +110,7 @@ impl Harness {
             Inbound {
                 msg,
                 from: udp(from),
+                received: self.at(ms),
             },
             self.at(ms),
         );
@@ -122,6 +123,7 @@ impl Harness {
             Inbound {
                 msg,
                 from: udp(from),
+                received: self.at(ms),
             },
             self.at(ms),
         );
@@ -557,4 +559,40 @@ response=\"{response}\",algorithm=SHA-256,qop=auth,nc=00000001,cnonce=\"c0ffee\"
     // The same credentials again (same nonce count) are a replay: challenged, not stored.
     h.recv_text(B1, &register("1002", 3, &auth), 20);
     assert!(find(&h.take(), B1, |m| is_status(m, 401)).is_some());
+}
+
+#[test]
+fn new_work_that_waited_too_long_is_shed_with_503() {
+    let mut h = Harness::new(&[B1]);
+    let msg = parse(invite("1002", "z9hG4bKlate").as_bytes()).unwrap();
+    // Read off the socket at t=0 but reached the core 400 ms later (limit 250 ms).
+    h.core.on_inbound(
+        Inbound {
+            msg,
+            from: udp(A),
+            received: h.at(0),
+        },
+        h.at(400),
+    );
+    let out = h.take();
+    let r = find(&out, A, |m| is_status(m, 503)).expect("503");
+    assert_eq!(r.headers.get("Retry-After"), Some("5"));
+    assert!(
+        find(&out, B1, |m| is_req(m, Method::Invite)).is_none(),
+        "no call was started"
+    );
+    assert!(h.cdrs().is_empty());
+
+    // In-dialog requests and responses are never shed: calls in progress must finish.
+    let bye = options("", "z9hG4bKlate2").replace("OPTIONS", "BYE");
+    let bye = bye.replace("To: <sip:127.0.0.1>", "To: <sip:127.0.0.1>;tag=x");
+    h.core.on_inbound(
+        Inbound {
+            msg: parse(bye.as_bytes()).unwrap(),
+            from: udp(A),
+            received: h.at(0),
+        },
+        h.at(400),
+    );
+    assert!(find(&h.take(), A, |m| is_status(m, 481)).is_some());
 }

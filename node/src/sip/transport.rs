@@ -23,6 +23,8 @@ pub struct Inbound {
     pub msg: SipMessage,
     /// Where it came from.
     pub from: Peer,
+    /// When it was read off the socket (the core measures its queueing delay).
+    pub received: std::time::Instant,
 }
 
 /// Limits and timeouts of the transports.
@@ -186,9 +188,14 @@ impl Transports {
             Ok(msg) => {
                 self.metrics.inc(&self.metrics.messages_in);
                 let is_request = msg.is_request() && msg.method() != Some(&message::Method::Ack);
-                if let Err(e) = self.inbound.try_send(Inbound { msg, from }) {
+                let received = std::time::Instant::now();
+                if let Err(e) = self.inbound.try_send(Inbound {
+                    msg,
+                    from,
+                    received,
+                }) {
                     self.metrics.inc(&self.metrics.dropped_overload);
-                    let Inbound { msg, from } = e.into_inner();
+                    let Inbound { msg, from, .. } = e.into_inner();
                     if is_request {
                         let mut r = msg.response(503, "Service Unavailable");
                         r.headers.push("Retry-After", "5");
