@@ -29,6 +29,11 @@ use tokio::sync::mpsc;
 /// queued are seen before a retransmission timer fires for them.
 const MAX_BATCH: usize = 2048;
 
+/// Held REGISTER answers are released after this many messages at the latest: one
+/// store write still covers many registrations, and the answers leave in small bursts
+/// that the phones' (or a load generator's) socket buffers absorb.
+const COMMIT_EVERY: usize = 128;
+
 /// A batch or timer pass slower than this is logged: it delays every message behind it.
 const SLOW_BATCH: Duration = Duration::from_millis(50);
 
@@ -397,6 +402,9 @@ impl Core {
                             Err(_) => break,
                         }
                         n += 1;
+                        if n % COMMIT_EVERY == 0 {
+                            self.commit(now);
+                        }
                     }
                     self.commit(now);
                     let took = now.elapsed();
