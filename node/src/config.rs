@@ -98,7 +98,8 @@ pub struct SipSection {
     /// Depth of the queue between the transports and the SIP core; a full queue answers 503 (default 50000).
     pub queue_depth: usize,
     /// New INVITEs and REGISTERs that waited longer than this in that queue are answered
-    /// 503 with Retry-After instead of being processed late (default 250 ms).
+    /// 503 with Retry-After instead of being processed late (default 1000 ms: by then the
+    /// client has retransmitted twice, and the node is behind rather than hiccuping).
     pub max_queue_delay_ms: u64,
 }
 
@@ -118,7 +119,7 @@ impl Default for SipSection {
             tcp_max_connections_per_ip: 64,
             tcp_max_connections: 10_000,
             queue_depth: 50_000,
-            max_queue_delay_ms: 250,
+            max_queue_delay_ms: 1000,
         }
     }
 }

@@ -94,9 +94,10 @@ impl Transports {
             tcp_addrs,
         };
         for sock in &t.udp {
-            // One reader per socket: parsing already runs beside the core on the other
-            // worker, and a second reader only doubles the wake-ups on each datagram.
-            tokio::spawn(t.clone().udp_loop(sock.clone()));
+            // Two readers per socket let parsing use both cores.
+            for _ in 0..2 {
+                tokio::spawn(t.clone().udp_loop(sock.clone()));
+            }
         }
         for l in listeners {
             tokio::spawn(t.clone().accept_loop(l));
