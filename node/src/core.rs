@@ -548,14 +548,16 @@ impl Core {
         }
     }
 
-    fn reply(&mut self, key: &TxKey, req: &SipMessage, code: u16, reason: &str, now: Instant) {
+    /// A final response of our own to `req`, with a fresh To tag (RFC 3261 §8.2.6.2).
+    fn tagged(&mut self, req: &SipMessage, code: u16, reason: &str) -> SipMessage {
         let mut r = req.response(code, reason);
-        if code > 100 {
-            let tag = self.local.unique();
-            r.set_to_tag(&tag);
-        }
-        let mut ctx = self.ctx(now);
-        ctx.respond(key, r);
+        r.set_to_tag(&self.local.unique());
+        r
+    }
+
+    fn reply(&mut self, key: &TxKey, req: &SipMessage, code: u16, reason: &str, now: Instant) {
+        let r = self.tagged(req, code, reason);
+        self.ctx(now).respond(key, r);
     }
 
     fn on_request(&mut self, key: TxKey, msg: SipMessage, from: Peer, now: Instant) {
@@ -584,8 +586,7 @@ impl Core {
                 })
                 .collect();
             if !unsupported.is_empty() {
-                let mut r = msg.response(420, "Bad Extension");
-                r.set_to_tag(&self.local.unique());
+                let mut r = self.tagged(&msg, 420, "Bad Extension");
                 r.headers.push(
                     "Unsupported",
                     unsupported
@@ -602,8 +603,7 @@ impl Core {
         match method {
             Method::Register => self.on_register(key, msg, from, now),
             Method::Options if !in_dialog => {
-                let mut r = msg.response(200, "OK");
-                r.set_to_tag(&self.local.unique());
+                let mut r = self.tagged(&msg, 200, "OK");
                 r.headers.push("Allow", ALLOW);
                 r.headers.push("Accept", "application/sdp");
                 r.headers.push("Accept-Encoding", "identity");
@@ -640,8 +640,7 @@ impl Core {
                 self.reply(&key, &msg, 481, "Call/Transaction Does Not Exist", now)
             }
             _ => {
-                let mut r = msg.response(405, "Method Not Allowed");
-                r.set_to_tag(&self.local.unique());
+                let mut r = self.tagged(&msg, 405, "Method Not Allowed");
                 r.headers.push("Allow", ALLOW);
                 let mut ctx = self.ctx(now);
                 ctx.respond(&key, r);
@@ -735,14 +734,9 @@ impl Core {
         };
         match verdict {
             Verdict::Ok { username } if username == caller => Identity::Extension(caller),
-            Verdict::Ok { .. } => {
-                let mut r = msg.response(403, "Forbidden");
-                r.set_to_tag(&self.local.unique());
-                Identity::Challenge(r)
-            }
+            Verdict::Ok { .. } => Identity::Challenge(self.tagged(msg, 403, "Forbidden")),
             v => {
-                let mut r = msg.response(407, "Proxy Authentication Required");
-                r.set_to_tag(&self.local.unique());
+                let mut r = self.tagged(msg, 407, "Proxy Authentication Required");
                 for c in self.registrar.auth.challenge(wall, v == Verdict::Stale) {
                     r.headers.push("Proxy-Authenticate", c);
                 }

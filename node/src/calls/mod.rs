@@ -684,7 +684,7 @@ impl Calls {
     ) {
         let id = invite.and_then(|k| self.by_invite.get(k)).copied();
         let Some(id) = id else {
-            let r = msg.response(481, "Call/Transaction Does Not Exist");
+            let r = no_such_dialog(msg);
             return ctx.respond(key, r);
         };
         let mut ok = msg.response(200, "OK");
@@ -715,16 +715,16 @@ impl Calls {
             _ => None,
         };
         let Some((id, side)) = found else {
-            let mut r = msg.response(481, "Call/Transaction Does Not Exist");
+            let mut r = no_such_dialog(&msg);
             r.set_to_tag(&ctx.local.unique());
             return ctx.respond(&key, r);
         };
         let Some(call) = self.calls.get_mut(&id) else {
-            let r = msg.response(481, "Call/Transaction Does Not Exist");
+            let r = no_such_dialog(&msg);
             return ctx.respond(&key, r);
         };
         let Some(d) = call.dialog(side) else {
-            let r = msg.response(481, "Call/Transaction Does Not Exist");
+            let r = no_such_dialog(&msg);
             return ctx.respond(&key, r);
         };
         if d.on_request(&msg).is_err() {
@@ -732,7 +732,7 @@ impl Calls {
             return ctx.respond(&key, r);
         }
         if call.phase == Phase::Ended {
-            let r = msg.response(481, "Call/Transaction Does Not Exist");
+            let r = no_such_dialog(&msg);
             return ctx.respond(&key, r);
         }
         match method {
@@ -767,11 +767,11 @@ impl Calls {
             _ => {
                 let other = side.other();
                 let Some(peer) = call.peer(other) else {
-                    return ctx.respond(&key, msg.response(481, "Call/Transaction Does Not Exist"));
+                    return ctx.respond(&key, no_such_dialog(&msg));
                 };
                 let via = ctx.local.new_via(peer);
                 let Some(d) = call.dialog(other) else {
-                    return ctx.respond(&key, msg.response(481, "Call/Transaction Does Not Exist"));
+                    return ctx.respond(&key, no_such_dialog(&msg));
                 };
                 let mut req = d.request(method.clone(), &via);
                 for h in RELAYED_HEADERS {
@@ -941,6 +941,11 @@ fn a_response(
         copy_body(m, &mut r);
     }
     r
+}
+
+/// 481 for a request that names a dialog or transaction we do not have.
+fn no_such_dialog(req: &SipMessage) -> SipMessage {
+    req.response(481, "Call/Transaction Does Not Exist")
 }
 
 fn copy_body(from: &SipMessage, to: &mut SipMessage) {

@@ -109,14 +109,12 @@ impl Transports {
     pub fn send(&self, to: Peer, bytes: Bytes) {
         match to.transport {
             Transport::Udp => {
+                // udp_addrs[i] is udp[i]'s bound address: no syscall per datagram.
                 let sock = self
-                    .udp
+                    .udp_addrs
                     .iter()
-                    .find(|s| {
-                        s.local_addr()
-                            .map(|a| a.is_ipv6() == to.addr.is_ipv6())
-                            .unwrap_or(false)
-                    })
+                    .position(|a| a.is_ipv6() == to.addr.is_ipv6())
+                    .and_then(|i| self.udp.get(i))
                     .or(self.udp.first());
                 match sock {
                     Some(s) => {
