@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod node;
 pub mod registrar;
 pub mod routing;
+pub mod sharded_map;
 pub mod sip;
 pub mod store;
 

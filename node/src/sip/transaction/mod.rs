@@ -4,14 +4,13 @@
 //! [`Action`]s to perform (bytes to send, events for the transaction user). The caller asks
 //! [`TransactionLayer::next_deadline`] when to call [`TransactionLayer::on_timer`] next.
 //!
-//! Timers live in one binary heap with lazy deletion: each transaction remembers the
-//! deadline of each of its (at most three) timer slots, and a heap entry whose deadline no
-//! longer matches its slot is stale and skipped. That keeps a tick O(fired · log n) instead
-//! of a scan of every transaction, which matters at thousands of transactions per second.
+//! Timers live in one queue ([`timers`]) with lazy deletion: each transaction remembers the
+//! deadline of each of its (at most three) timer slots, and a queued entry whose deadline
+//! no longer matches its slot is stale and skipped. That keeps a tick proportional to the
+//! timers that fire instead of a scan of every transaction, which matters at thousands of
+//! transactions per second.
 
-use crate::FastMap;
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use crate::sharded_map::ShardedMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +21,9 @@ use super::Peer;
 
 #[cfg(test)]
 mod tests;
+mod timers;
+
+use timers::{Entry, TimerQueue};
 
 /// Branch prefix that marks an RFC 3261 branch (§8.1.1.7).
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
@@ -306,53 +308,20 @@ impl Tx {
     }
 }
 
-struct Entry {
-    at: Instant,
-    seq: u64,
-    tx_id: u64,
-    slot: Slot,
-    key: TxKey,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    // Reversed so the max-heap pops the earliest deadline; seq breaks ties in FIFO order.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 #[derive(Default)]
 struct Timers {
-    heap: BinaryHeap<Entry>,
-    seq: u64,
+    queue: TimerQueue,
 }
 
 impl Timers {
-    fn arm(&mut self, tx: &mut Tx, key: &TxKey, slot: Slot, at: Instant) {
+    /// Arms `slot` of `tx` to fire `delay` after `now`.
+    fn arm(&mut self, tx: &mut Tx, key: &TxKey, slot: Slot, now: Instant, delay: Duration) {
+        let at = self.queue.push(now, delay, tx.id, slot, key.clone());
         tx.timers[slot as usize] = Some(at);
-        self.seq += 1;
-        self.heap.push(Entry {
-            at,
-            seq: self.seq,
-            tx_id: tx.id,
-            slot,
-            key: key.clone(),
-        });
     }
 }
 
-fn entry_live(txs: &FastMap<TxKey, Tx>, e: &Entry) -> bool {
+fn entry_live(txs: &ShardedMap<TxKey, Box<Tx>>, e: &Entry) -> bool {
     txs.get(&e.key)
         .is_some_and(|tx| tx.id == e.tx_id && tx.timers[e.slot as usize] == Some(e.at))
 }
@@ -362,9 +331,10 @@ pub struct TransactionLayer {
     cfg: TimerConfig,
     max: usize,
     proceeding_limit: Duration,
-    txs: FastMap<TxKey, Tx>,
+    // Sharded and boxed: growing the table moves one shard of small buckets at a time.
+    txs: ShardedMap<TxKey, Box<Tx>>,
     /// Server INVITE transactions in Accepted, for matching the ACK of a 2xx.
-    accepted: FastMap<AckKey, TxKey>,
+    accepted: ShardedMap<AckKey, TxKey>,
     timers: Timers,
     next_id: u64,
     stats: TxStats,
@@ -382,8 +352,8 @@ impl TransactionLayer {
             cfg,
             max,
             proceeding_limit: DEFAULT_PROCEEDING_LIMIT,
-            txs: FastMap::default(),
-            accepted: FastMap::default(),
+            txs: ShardedMap::default(),
+            accepted: ShardedMap::default(),
             timers: Timers::default(),
             next_id: 0,
             stats: TxStats::default(),
@@ -418,7 +388,7 @@ impl TransactionLayer {
     /// Earliest instant at which [`Self::on_timer`] has work.
     pub fn next_deadline(&self) -> Option<Instant> {
         // Every mutating call prunes stale entries off the top, so the top is live.
-        self.timers.heap.peek().map(|e| e.at)
+        self.timers.queue.next_at()
     }
 
     fn new_tx(&mut self, kind: Kind, state: TxState, peer: Peer) -> Tx {
@@ -445,22 +415,17 @@ impl TransactionLayer {
         if wait.is_zero() {
             self.terminate(key, out);
         } else if let Some(tx) = self.txs.get_mut(key) {
-            self.timers.arm(tx, key, Slot::Linger, now + wait);
+            self.timers.arm(tx, key, Slot::Linger, now, wait);
         }
     }
 
     /// Drops stale entries off the heap top (so `next_deadline` is exact) and compacts the
     /// heap when stale entries dominate, so memory follows the live transaction count.
     fn prune(&mut self) {
-        while let Some(top) = self.timers.heap.peek() {
-            if entry_live(&self.txs, top) {
-                break;
-            }
-            self.timers.heap.pop();
-        }
-        if self.timers.heap.len() > 4 * self.txs.len() + 1024 {
-            let txs = &self.txs;
-            self.timers.heap.retain(|e| entry_live(txs, e));
+        let txs = &self.txs;
+        self.timers.queue.prune_fronts(|e| entry_live(txs, e));
+        if self.timers.queue.len() > 4 * self.txs.len() + 1024 {
+            self.timers.queue.retain(|e| entry_live(txs, e));
         }
     }
 
@@ -522,17 +487,17 @@ impl TransactionLayer {
             });
             tx.last_response = Some(trying);
             tx.ack_key = AckKey::of(&msg);
-            let guard = now + self.proceeding_limit;
-            self.timers.arm(&mut tx, &key, Slot::Timeout, guard);
-            self.txs.insert(key.clone(), tx);
+            let guard = self.proceeding_limit;
+            self.timers.arm(&mut tx, &key, Slot::Timeout, now, guard);
+            self.txs.insert(key.clone(), Box::new(tx));
             out.push(Action::Deliver(TuEvent::Request { key, msg, from }));
             return;
         }
         let mut tx = self.new_tx(Kind::NonInvServer, TxState::Trying, from);
         // The client gives up after Timer F (64*T1); an answer later than that is useless.
-        let guard = now + self.cfg.t64().min(self.proceeding_limit);
-        self.timers.arm(&mut tx, &key, Slot::Timeout, guard);
-        self.txs.insert(key.clone(), tx);
+        let guard = self.cfg.t64().min(self.proceeding_limit);
+        self.timers.arm(&mut tx, &key, Slot::Timeout, now, guard);
+        self.txs.insert(key.clone(), Box::new(tx));
         if method == Method::Cancel {
             let invite = TxKey::Server {
                 branch: key.branch().to_string(),
@@ -639,8 +604,8 @@ impl TransactionLayer {
                     tx.state = TxState::Accepted;
                     tx.clear(Slot::Timeout);
                     tx.interval = cfg.t1;
-                    self.timers.arm(tx, key, Slot::Retransmit, now + cfg.t1);
-                    self.timers.arm(tx, key, Slot::Linger, now + cfg.t64());
+                    self.timers.arm(tx, key, Slot::Retransmit, now, cfg.t1);
+                    self.timers.arm(tx, key, Slot::Linger, now, cfg.t64());
                     if let Some(ak) = tx.ack_key.clone() {
                         self.accepted.insert(ak, key.clone());
                     }
@@ -648,9 +613,9 @@ impl TransactionLayer {
                     tx.state = TxState::Completed;
                     tx.interval = cfg.t1;
                     if !reliable {
-                        self.timers.arm(tx, key, Slot::Retransmit, now + cfg.t1);
+                        self.timers.arm(tx, key, Slot::Retransmit, now, cfg.t1);
                     }
-                    self.timers.arm(tx, key, Slot::Timeout, now + cfg.t64());
+                    self.timers.arm(tx, key, Slot::Timeout, now, cfg.t64());
                 }
             }
             (Kind::InvServer, TxState::Accepted) if (200..300).contains(&code) => {
@@ -734,11 +699,11 @@ impl TransactionLayer {
         tx.request_bytes = bytes;
         if !to.is_reliable() {
             self.timers
-                .arm(&mut tx, &key, Slot::Retransmit, now + self.cfg.t1);
+                .arm(&mut tx, &key, Slot::Retransmit, now, self.cfg.t1);
         }
         self.timers
-            .arm(&mut tx, &key, Slot::Timeout, now + self.cfg.t64());
-        self.txs.insert(key.clone(), tx);
+            .arm(&mut tx, &key, Slot::Timeout, now, self.cfg.t64());
+        self.txs.insert(key.clone(), Box::new(tx));
         self.prune();
         (key, out)
     }
@@ -790,7 +755,7 @@ impl TransactionLayer {
         tx.cancel_pending = false;
         tx.cancel_sent = true;
         // §9.1: with no final response 64*T1 after the CANCEL, give the INVITE up.
-        self.timers.arm(tx, invite, Slot::Timeout, now + wait);
+        self.timers.arm(tx, invite, Slot::Timeout, now, wait);
         let peer = tx.peer;
         let (_, actions) = self.request(cancel, peer, now);
         out.extend(actions);
@@ -830,7 +795,7 @@ impl TransactionLayer {
                     if !tx.cancel_sent {
                         // Timer B only covers Calling; the guard replaces it.
                         self.timers
-                            .arm(tx, &key, Slot::Timeout, now + proceeding_limit);
+                            .arm(tx, &key, Slot::Timeout, now, proceeding_limit);
                     }
                     send_cancel = tx.cancel_pending;
                     out.push(deliver(msg));
@@ -842,7 +807,7 @@ impl TransactionLayer {
                     // Accepted lingers 64*T1 and never resends or cancels: free the request.
                     tx.request = None;
                     tx.request_bytes = Bytes::new();
-                    self.timers.arm(tx, &key, Slot::Linger, now + cfg.t64());
+                    self.timers.arm(tx, &key, Slot::Linger, now, cfg.t64());
                     out.push(deliver(msg));
                 } else {
                     tx.state = TxState::Completed;
@@ -905,10 +870,7 @@ impl TransactionLayer {
     /// Fires every timer due at `now`.
     pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
-        while self.timers.heap.peek().is_some_and(|e| e.at <= now) {
-            let Some(e) = self.timers.heap.pop() else {
-                break;
-            };
+        while let Some(e) = self.timers.queue.pop_due(now) {
             self.fire(e, now, &mut out);
         }
         self.prune();
@@ -949,8 +911,8 @@ impl TransactionLayer {
                 if let Some(bytes) = bytes {
                     out.push(Action::Send { bytes, to: tx.peer });
                     // At least 1 ms, so a zero T1 cannot spin this loop.
-                    let at = now + tx.interval.max(Duration::from_millis(1));
-                    self.timers.arm(tx, &e.key, Slot::Retransmit, at);
+                    let delay = tx.interval.max(Duration::from_millis(1));
+                    self.timers.arm(tx, &e.key, Slot::Retransmit, now, delay);
                 }
             }
             Slot::Timeout => {

@@ -693,7 +693,7 @@ fn heap_stays_bounded_under_load() {
         l.respond(&key, resp(&opt, 200), t0);
     }
     assert!(l.is_empty());
-    assert!(l.timers.heap.len() <= 1024 + 1);
+    assert!(l.timers.queue.len() <= 1024 + 1);
     assert_eq!(l.stats().created, 20_000);
     assert_eq!(l.stats().terminated, 20_000);
     assert_eq!(l.next_deadline(), None);
