@@ -487,11 +487,35 @@ impl Core {
         let actions = if msg.is_request() {
             stamp_via(&mut msg, from);
             let to = reply_target(&msg, from);
+            if let Some(r) = self.stateless_challenge(&msg) {
+                return self.wire.send(to, r.to_bytes());
+            }
             self.txn.on_request(msg, to, now)
         } else {
             self.txn.on_response(msg, from, now)
         };
         self.execute(actions, now);
+    }
+
+    /// The 401 for a REGISTER without credentials, sent with no transaction (see
+    /// [`Registrar::stateless_challenge`]). Requests that the §8.2 checks of
+    /// [`Core::on_request`] would refuse (loop, Max-Forwards, Require) take the stateful
+    /// path so that they get those answers.
+    fn stateless_challenge(&mut self, msg: &SipMessage) -> Option<SipMessage> {
+        if msg.method() != Some(&Method::Register)
+            || msg.max_forwards() == Some(0)
+            || msg.headers.get("Require").is_some()
+            || msg
+                .headers
+                .get_all("Via")
+                .any(|v| v.contains(&self.local.branch_prefix))
+        {
+            return None;
+        }
+        let mut r = self.registrar.stateless_challenge(msg, SystemTime::now())?;
+        r.headers.push("Server", self.local.user_agent.clone());
+        self.metrics.inc(&self.metrics.registrations_challenged);
+        Some(r)
     }
 
     fn execute(&mut self, actions: Vec<Action>, now: Instant) {

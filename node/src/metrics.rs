@@ -26,6 +26,8 @@ pub struct Metrics {
     pub tcp_connections: AtomicU64,
     /// REGISTER requests answered 200.
     pub registrations_ok: AtomicU64,
+    /// REGISTER requests without credentials, challenged statelessly (401).
+    pub registrations_challenged: AtomicU64,
     /// REGISTER requests refused after credentials were given.
     pub registrations_failed: AtomicU64,
     /// Calls attempted (past authentication).
@@ -58,6 +60,10 @@ impl Metrics {
             ("tcp_idle_closed", g(&self.tcp_idle_closed)),
             ("tcp_connections", g(&self.tcp_connections)),
             ("registrations_ok", g(&self.registrations_ok)),
+            (
+                "registrations_challenged",
+                g(&self.registrations_challenged),
+            ),
             ("registrations_failed", g(&self.registrations_failed)),
             ("calls_attempted", g(&self.calls_attempted)),
             ("calls_answered", g(&self.calls_answered)),

@@ -596,3 +596,41 @@ fn new_work_that_waited_too_long_is_shed_with_503() {
     );
     assert!(find(&h.take(), A, |m| is_status(m, 481)).is_some());
 }
+
+#[test]
+fn register_without_credentials_is_challenged_with_no_transaction() {
+    let mut h = Harness::new(&[]);
+    h.recv_text(B1, &register("1002", 1, ""), 0);
+    let first = h.take();
+    let c1 = find(&first, B1, |m| is_status(m, 401))
+        .expect("401")
+        .clone();
+    assert_eq!(h.core.txn.len(), 0, "no transaction kept for the challenge");
+    assert!(c1.headers.get("WWW-Authenticate").is_some());
+    assert_eq!(c1.headers.get("Server"), Some("test"));
+    // A retransmission is answered again, with the same To tag (RFC 3261 §8.2.7).
+    h.recv_text(B1, &register("1002", 1, ""), 500);
+    let again = h.take();
+    let c2 = find(&again, B1, |m| is_status(m, 401)).expect("401 again");
+    assert!(c1.to_tag().is_some());
+    assert_eq!(c1.to_tag(), c2.to_tag());
+    // Nothing is retransmitted later: there is no timer.
+    h.tick(40_000);
+    assert!(h.take().is_empty());
+    // A different request (new CSeq and branch) gets a different tag.
+    h.recv_text(B1, &register("1002", 2, ""), 41_000);
+    let other = h.take();
+    assert_ne!(
+        find(&other, B1, |m| is_status(m, 401)).unwrap().to_tag(),
+        c1.to_tag()
+    );
+
+    // The §8.2 checks still come first: they need the stateful path.
+    let req = register("1002", 3, "Require: foo\r\n");
+    h.recv_text(B1, &req, 42_000);
+    let r = h.take();
+    assert!(find(&r, B1, |m| is_status(m, 420)).is_some(), "{r:?}");
+    let req = register("1002", 4, "").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    h.recv_text(B1, &req, 43_000);
+    assert!(find(&h.take(), B1, |m| is_status(m, 483)).is_some());
+}

@@ -63,6 +63,8 @@ pub struct Registrar {
     pub bindings: BindingTable,
     cfg: RegistrarConfig,
     rng: StdRng,
+    /// Keys the To tags of stateless challenges (same request, same tag; unguessable).
+    tag_hasher: ahash::RandomState,
 }
 
 /// Formats a SIP Date header value: RFC 1123 with a literal `GMT` (RFC 3261 §20.17).
@@ -86,6 +88,7 @@ impl Registrar {
             bindings: BindingTable::new(),
             cfg,
             rng: StdRng::from_entropy(),
+            tag_hasher: ahash::RandomState::new(),
         }
     }
 
@@ -113,6 +116,34 @@ impl Registrar {
             response: r,
             changes: Vec::new(),
         }
+    }
+
+    /// The 401 for a REGISTER that carries no credentials at all, answered without a
+    /// server transaction (RFC 3261 §8.2.7: "the most common use of a stateless UAS is
+    /// to respond to an unauthenticated request with a challenge"). Half of all REGISTER
+    /// traffic is this first leg; keeping no state for it halves the transactions held
+    /// for Timer J and means a flood of unauthenticated requests allocates nothing.
+    /// A retransmission gets a fresh nonce and the same To tag, derived from the request
+    /// as §8.2.7 asks. `None` when the request needs the stateful path.
+    pub fn stateless_challenge(&mut self, req: &SipMessage, now: SystemTime) -> Option<SipMessage> {
+        if req.method() != Some(&Method::Register)
+            || req.headers.get("Authorization").is_some()
+            || req.to_addr().and_then(|to| uri_user(&to.uri)).is_none()
+        {
+            return None;
+        }
+        let tag = self.tag_hasher.hash_one((
+            req.call_id(),
+            req.from_tag(),
+            req.cseq().map(|c| c.0),
+            req.branch(),
+        ));
+        let mut r = req.response(401, "Unauthorized");
+        r.set_to_tag(&format!("{tag:016x}"));
+        for v in self.auth.challenge(now, false) {
+            r.headers.push("WWW-Authenticate", v);
+        }
+        Some(r)
     }
 
     fn simple(&mut self, req: &SipMessage, code: u16, reason: &str) -> Outcome {

@@ -294,7 +294,13 @@ mod tests {
         let mut q = TimerQueue::default();
         let n = MAX_LANES as u64 + 10;
         for i in (0..n).rev() {
-            q.push(t0, Duration::from_millis(10 + i), i, Slot::Timeout, key(i as u32));
+            q.push(
+                t0,
+                Duration::from_millis(10 + i),
+                i,
+                Slot::Timeout,
+                key(i as u32),
+            );
         }
         assert_eq!(q.lanes.len(), MAX_LANES);
         let ids: Vec<u64> = std::iter::from_fn(|| q.pop_due(t0 + Duration::from_secs(1)))
