@@ -283,11 +283,22 @@ macro_rules! ctx {
 pub trait Wire: Send {
     /// Sends bytes to a peer (never blocks; failures are counted by the implementation).
     fn send(&self, to: Peer, bytes: Bytes);
+
+    /// Sends a batch in order and empties it.
+    fn send_all(&self, batch: &mut Vec<(Peer, Bytes)>) {
+        for (to, bytes) in batch.drain(..) {
+            self.send(to, bytes);
+        }
+    }
 }
 
 impl Wire for Transports {
     fn send(&self, to: Peer, bytes: Bytes) {
         Transports::send(self, to, bytes)
+    }
+
+    fn send_all(&self, batch: &mut Vec<(Peer, Bytes)>) {
+        Transports::send_all(self, batch)
     }
 }
 
@@ -299,6 +310,9 @@ pub struct Core {
     calls: Calls,
     store: Arc<Store>,
     wire: Box<dyn Wire>,
+    /// Bytes to send, handed to the wire as one batch by [`Core::commit`] and after
+    /// timers fire.
+    outbox: Vec<(Peer, Bytes)>,
     metrics: Arc<Metrics>,
     local: Local,
     out: Vec<Action>,
@@ -376,6 +390,7 @@ impl Core {
             store,
             local,
             wire,
+            outbox: Vec::new(),
             metrics,
             out: Vec::new(),
             next_sweep: None,
@@ -453,6 +468,7 @@ impl Core {
             let cmds: Vec<Command> = changes.into_iter().map(binding_command).collect();
             self.write_bindings(&cmds);
         }
+        self.wire.send_all(&mut self.outbox);
     }
 
     fn ctx(&mut self, now: Instant) -> SipCtx<'_> {
@@ -481,14 +497,14 @@ impl Core {
             self.metrics.inc(&self.metrics.overload_rejects);
             let mut r = msg.response(503, "Service Unavailable");
             r.headers.push("Retry-After", "5");
-            self.wire.send(reply_target(&msg, from), r.to_bytes());
+            self.outbox.push((reply_target(&msg, from), r.to_bytes()));
             return;
         }
         let actions = if msg.is_request() {
             stamp_via(&mut msg, from);
             let to = reply_target(&msg, from);
             if let Some(r) = self.stateless_challenge(&msg) {
-                return self.wire.send(to, r.to_bytes());
+                return self.outbox.push((to, r.to_bytes()));
             }
             self.txn.on_request(msg, to, now)
         } else {
@@ -522,7 +538,7 @@ impl Core {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
             match a {
-                Action::Send { bytes, to } => self.wire.send(to, bytes),
+                Action::Send { bytes, to } => self.outbox.push((to, bytes)),
                 Action::Deliver(ev) => {
                     self.on_tu_event(ev, now);
                     queue.extend(self.out.drain(..));
@@ -696,11 +712,16 @@ impl Core {
     }
 
     /// Writes the binding changes of the messages handled since the last commit in one
-    /// store batch, then releases the responses that promised them.
+    /// store batch, releases the responses that promised them, and sends everything
+    /// queued since the last commit.
     pub fn commit(&mut self, now: Instant) {
-        if self.held.is_empty() && self.pending_bindings.is_empty() {
-            return;
+        if !self.held.is_empty() || !self.pending_bindings.is_empty() {
+            self.release_held(now);
         }
+        self.wire.send_all(&mut self.outbox);
+    }
+
+    fn release_held(&mut self, now: Instant) {
         let cmds = std::mem::take(&mut self.pending_bindings);
         let ok = self.write_bindings(&cmds);
         let held = std::mem::take(&mut self.held);

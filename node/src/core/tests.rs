@@ -574,6 +574,7 @@ fn new_work_that_waited_too_long_is_shed_with_503() {
         },
         h.at(1200),
     );
+    h.core.commit(h.at(1200));
     let out = h.take();
     let r = find(&out, A, |m| is_status(m, 503)).expect("503");
     assert_eq!(r.headers.get("Retry-After"), Some("5"));
@@ -594,6 +595,7 @@ fn new_work_that_waited_too_long_is_shed_with_503() {
         },
         h.at(1200),
     );
+    h.core.commit(h.at(1200));
     assert!(find(&h.take(), A, |m| is_status(m, 481)).is_some());
 }
 

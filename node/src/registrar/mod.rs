@@ -68,10 +68,22 @@ pub struct Registrar {
 }
 
 /// Formats a SIP Date header value: RFC 1123 with a literal `GMT` (RFC 3261 §20.17).
+/// The text changes once a second, so the last one is kept per thread.
 pub fn sip_date(now: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(now)
-        .format("%a, %d %b %Y %H:%M:%S GMT")
-        .to_string()
+    thread_local!(static LAST: std::cell::RefCell<(u64, String)> = Default::default());
+    let secs = unix_secs(now);
+    LAST.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.1.is_empty() || l.0 != secs {
+            *l = (
+                secs,
+                chrono::DateTime::<chrono::Utc>::from(now)
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string(),
+            );
+        }
+        l.1.clone()
+    })
 }
 
 fn unix_secs(now: SystemTime) -> u64 {

@@ -605,7 +605,9 @@ pub fn parse_uri(s: &str) -> Option<SipUri> {
         return None;
     }
     if !hostport.starts_with('[') {
-        rsip::Uri::try_from(s).ok()?;
+        if !rsip_accepts(s) {
+            return None;
+        }
     } else if host.parse::<std::net::Ipv6Addr>().is_err() {
         return None;
     }
@@ -619,9 +621,48 @@ pub fn parse_uri(s: &str) -> Option<SipUri> {
     })
 }
 
-/// User part of a SIP URI, if any.
+/// URIs rsip accepted lately, per parsing thread: phones send the same registrar and
+/// proxy URIs over and over, and rsip's grammar check was a sizeable part of parsing.
+/// Bounded: cleared when full, so a peer sending endless distinct URIs costs only the
+/// checks it would have cost anyway.
+const RSIP_CACHE_MAX: usize = 4096;
+
+thread_local! {
+    static RSIP_ACCEPTED: std::cell::RefCell<ahash::AHashSet<Box<str>>> =
+        std::cell::RefCell::new(ahash::AHashSet::default());
+}
+
+/// True when rsip parses `s` as a URI (remembered for URIs it accepted).
+fn rsip_accepts(s: &str) -> bool {
+    if RSIP_ACCEPTED.with(|c| c.borrow().contains(s)) {
+        return true;
+    }
+    if rsip::Uri::try_from(s).is_err() {
+        return false;
+    }
+    RSIP_ACCEPTED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= RSIP_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(s.into());
+    });
+    true
+}
+
+/// User part of a SIP or SIPS URI, if any. Only the user is read, so this skips the full
+/// grammar check of [`parse_uri`]: callers look the user up in the directory, which
+/// is the check that matters.
 pub fn uri_user(uri: &str) -> Option<String> {
-    parse_uri(uri)?.user
+    let (scheme, rest) = uri.split_once(':')?;
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return None;
+    }
+    let rest = rest.split('?').next().unwrap_or_default();
+    let (userinfo, hostpart) = rest.rsplit_once('@')?;
+    let host = hostpart.split(';').next().unwrap_or_default();
+    let user = userinfo.split(':').next().unwrap_or_default();
+    (!user.is_empty() && !host.is_empty()).then(|| user.to_string())
 }
 
 /// `name-addr` or `addr-spec` with header parameters (From, To, Contact, Route).
@@ -1230,5 +1271,35 @@ l: 4\r\n\r\nv=0\r\nEXTRA";
         assert_eq!(r.to_tag().as_deref(), Some("xyz"));
         assert_eq!(r.headers.get_all("Via").count(), 2);
         assert_eq!(r.status(), Some(180));
+    }
+
+    #[test]
+    fn uri_user_reads_only_the_user_part() {
+        assert_eq!(uri_user("sip:1001@10.0.0.1:5060").as_deref(), Some("1001"));
+        assert_eq!(
+            uri_user("SIPS:alice:pw@example.com;transport=tls").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            uri_user("sip:+1555;npdi@gw?subject=x").as_deref(),
+            Some("+1555;npdi")
+        );
+        assert_eq!(uri_user("sip:example.com"), None);
+        assert_eq!(uri_user("sip:@example.com"), None);
+        assert_eq!(uri_user("sip:1001@"), None);
+        assert_eq!(uri_user("tel:+15551234"), None);
+    }
+
+    #[test]
+    fn remembered_rsip_verdicts_do_not_change_results() {
+        for _ in 0..2 {
+            assert!(parse_uri("sip:1001@127.0.0.1:5060").is_some());
+            assert!(parse_uri("sip:1001@host:abc").is_none());
+        }
+        // Past the cache bound it is cleared, not grown.
+        for i in 0..RSIP_CACHE_MAX + 10 {
+            assert!(parse_uri(&format!("sip:u{i}@h")).is_some());
+        }
+        assert!(RSIP_ACCEPTED.with(|c| c.borrow().len()) <= RSIP_CACHE_MAX);
     }
 }

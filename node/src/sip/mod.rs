@@ -4,6 +4,7 @@ pub mod dialog;
 pub mod message;
 pub mod transaction;
 pub mod transport;
+pub mod udp_batch;
 
 use std::net::SocketAddr;
 

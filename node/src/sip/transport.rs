@@ -5,11 +5,12 @@
 //! queue is full a request is answered `503` with `Retry-After` right here.
 
 use super::message::{self, frame_stream, ParseError, SipMessage, Transport, MAX_MESSAGE_SIZE};
-use super::Peer;
+use super::{udp_batch, Peer};
 use crate::metrics::Metrics;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,25 +109,57 @@ impl Transports {
     /// Sends bytes to a peer: UDP datagram, or the TCP connection to it (opened if needed).
     pub fn send(&self, to: Peer, bytes: Bytes) {
         match to.transport {
-            Transport::Udp => {
-                // udp_addrs[i] is udp[i]'s bound address: no syscall per datagram.
-                let sock = self
-                    .udp_addrs
-                    .iter()
-                    .position(|a| a.is_ipv6() == to.addr.is_ipv6())
-                    .and_then(|i| self.udp.get(i))
-                    .or(self.udp.first());
-                match sock {
-                    Some(s) => {
-                        if s.try_send_to(&bytes, to.addr).is_err() {
-                            self.metrics.inc(&self.metrics.udp_send_errors);
-                        }
+            Transport::Udp => match self.udp_index(to.addr).and_then(|i| self.udp.get(i)) {
+                Some(s) => {
+                    if s.try_send_to(&bytes, to.addr).is_err() {
+                        self.metrics.inc(&self.metrics.udp_send_errors);
                     }
-                    None => self.metrics.inc(&self.metrics.udp_send_errors),
                 }
-            }
+                None => self.metrics.inc(&self.metrics.udp_send_errors),
+            },
             Transport::Tcp => self.send_tcp(to.addr, bytes),
         }
+    }
+
+    /// Sends a batch and empties it: UDP datagrams leave many per system call, in order
+    /// per socket; TCP messages go to their connections one by one.
+    pub fn send_all(&self, batch: &mut Vec<(Peer, Bytes)>) {
+        let mut udp: Vec<Vec<(SocketAddr, Bytes)>> = vec![Vec::new(); self.udp.len()];
+        for (to, bytes) in batch.drain(..) {
+            match (to.transport, self.udp_index(to.addr)) {
+                (Transport::Udp, Some(i)) => udp[i].push((to.addr, bytes)),
+                (Transport::Udp, None) => self.metrics.inc(&self.metrics.udp_send_errors),
+                (Transport::Tcp, _) => self.send_tcp(to.addr, bytes),
+            }
+        }
+        for (sock, msgs) in self.udp.iter().zip(udp) {
+            if msgs.is_empty() {
+                continue;
+            }
+            let slices: Vec<(SocketAddr, &[u8])> =
+                msgs.iter().map(|(a, b)| (*a, b.as_ref())).collect();
+            let fd = sock.as_raw_fd();
+            let sent = sock
+                .try_io(tokio::io::Interest::WRITABLE, || {
+                    Ok(udp_batch::send_many(fd, &slices))
+                })
+                .unwrap_or(udp_batch::Sent {
+                    ok: 0,
+                    failed: slices.len(),
+                });
+            for _ in 0..sent.failed {
+                self.metrics.inc(&self.metrics.udp_send_errors);
+            }
+        }
+    }
+
+    /// Which UDP socket sends to `to`: the first of its address family.
+    fn udp_index(&self, to: SocketAddr) -> Option<usize> {
+        // udp_addrs[i] is udp[i]'s bound address: no syscall per datagram.
+        self.udp_addrs
+            .iter()
+            .position(|a| a.is_ipv6() == to.is_ipv6())
+            .or((!self.udp.is_empty()).then_some(0))
     }
 
     fn send_tcp(&self, addr: SocketAddr, bytes: Bytes) {
