@@ -14,7 +14,7 @@ use crate::registrar::{
 use crate::routing::Directory;
 use crate::sip::message::{Method, SipMessage};
 use crate::sip::transaction::{Action, TimerConfig, TransactionLayer, TuEvent, TxKey};
-use crate::sip::transport::{reply_target, stamp_via, Inbound, Transports};
+use crate::sip::transport::{reply_target, stamp_via, Inbound, Transports, UdpIngress};
 use crate::sip::{Peer, Transport};
 use crate::store::{Command, Store};
 use bytes::Bytes;
@@ -28,6 +28,10 @@ use tokio::sync::mpsc;
 /// Messages handled before timers get a turn: large enough that responses already
 /// queued are seen before a retransmission timer fires for them.
 const MAX_BATCH: usize = 2048;
+
+/// Datagrams read from the sockets before they are handled: small enough that the
+/// first answers leave soon, large enough to fill a few `recvmmsg` calls.
+const READ_CHUNK: usize = 64;
 
 /// Held REGISTER answers are released after this many messages at the latest: one
 /// store write still covers many registrations, and the answers leave in small bursts
@@ -400,44 +404,78 @@ impl Core {
         })
     }
 
-    /// Runs until the inbound queue closes.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>) {
+    /// Runs until the TCP inbound queue closes: reads the UDP sockets itself through
+    /// `udp`, takes TCP messages from `rx`, and fires timers. Everything already queued
+    /// is handled, a chunk at a time, before timers get a turn and before it sleeps.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut udp: Option<UdpIngress>) {
+        let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
-            let deadline = self.next_deadline(Instant::now());
-            tokio::select! {
-                m = rx.recv() => {
-                    let Some(m) = m else { break };
-                    let now = Instant::now();
-                    self.on_inbound(m, now);
-                    // Drain what is already queued before looking at timers again.
-                    let mut n = 1;
-                    while n < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(m) => self.on_inbound(m, now),
-                            Err(_) => break,
-                        }
-                        n += 1;
-                        if n % COMMIT_EVERY == 0 {
-                            self.commit(now);
-                        }
-                    }
-                    self.commit(now);
-                    let took = now.elapsed();
-                    if took > SLOW_BATCH {
-                        tracing::warn!(messages = n, ms = took.as_millis() as u64, "slow message batch");
+            let started = Instant::now();
+            let mut handled = 0;
+            let mut uncommitted = 0;
+            while handled < MAX_BATCH {
+                if let Some(u) = udp.as_mut() {
+                    u.read_ready(READ_CHUNK, &mut chunk);
+                }
+                while chunk.len() < 2 * READ_CHUNK {
+                    match rx.try_recv() {
+                        Ok(m) => chunk.push(m),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
                 }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                if chunk.is_empty() {
+                    break;
+                }
+                let now = Instant::now();
+                for m in chunk.drain(..) {
+                    self.on_inbound(m, now);
+                    handled += 1;
+                    uncommitted += 1;
+                    if uncommitted >= COMMIT_EVERY {
+                        self.commit(now);
+                        uncommitted = 0;
+                    }
+                }
             }
-            let now = Instant::now();
-            self.on_timer(now);
-            let took = now.elapsed();
+            self.commit(Instant::now());
+            let took = started.elapsed();
             if took > SLOW_BATCH {
                 tracing::warn!(
+                    messages = handled,
                     ms = took.as_millis() as u64,
-                    transactions = self.txn.len(),
-                    "slow timer pass"
+                    "slow message batch"
                 );
+            }
+            let now = Instant::now();
+            if self.next_deadline(now) <= now {
+                self.on_timer(now);
+                let took = now.elapsed();
+                if took > SLOW_BATCH {
+                    tracing::warn!(
+                        ms = took.as_millis() as u64,
+                        transactions = self.txn.len(),
+                        "slow timer pass"
+                    );
+                }
+            }
+            if handled > 0 {
+                continue; // more may have arrived meanwhile: look before sleeping
+            }
+            let deadline = self.next_deadline(Instant::now());
+            let udp_ready = async {
+                match &udp {
+                    Some(u) => u.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => chunk.push(m),
+                    None => return,
+                },
+                _ = udp_ready => {}
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
         }
     }

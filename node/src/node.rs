@@ -89,6 +89,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         transports.udp_addrs.clone(),
         transports.tcp_addrs.clone(),
     );
+    let udp = transports.udp_ingress();
     let core = Core::new(
         &cfg,
         store.clone(),
@@ -111,7 +112,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         }
     });
     tokio::select! {
-        _ = core.run(rx) => {}
+        _ = core.run(rx, Some(udp)) => {}
         _ = shutdown_signal() => tracing::info!("stopping"),
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! UDP and TCP transports (RFC 3261 §18): sockets, stream framing, connection reuse.
 //!
-//! Transports parse on the receiving task, so parsing spreads over the runtime's
-//! threads, and hand whole messages to the core through one bounded queue. When the
-//! queue is full a request is answered `503` with `Retry-After` right here.
+//! UDP is read by the core itself through [`UdpIngress`], many datagrams per system
+//! call: handing each datagram from a reader thread to the core cost more in thread
+//! wake-ups than the parsing it spread. TCP connections parse on their own tasks and
+//! hand whole messages to the core through one bounded queue; when that queue is full
+//! a request is answered `503` with `Retry-After` right here.
 
 use super::message::{self, frame_stream, ParseError, SipMessage, Transport, MAX_MESSAGE_SIZE};
 use super::{udp_batch, Peer};
@@ -94,12 +96,6 @@ impl Transports {
             udp_addrs,
             tcp_addrs,
         };
-        for sock in &t.udp {
-            // Two readers per socket let parsing use both cores.
-            for _ in 0..2 {
-                tokio::spawn(t.clone().udp_loop(sock.clone()));
-            }
-        }
         for l in listeners {
             tokio::spawn(t.clone().accept_loop(l));
         }
@@ -188,51 +184,31 @@ impl Transports {
         });
     }
 
-    async fn udp_loop(self, sock: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; MAX_MESSAGE_SIZE + 1];
-        loop {
-            let (n, from) = match sock.recv_from(&mut buf).await {
-                Ok(v) => v,
-                Err(_) => {
-                    // ICMP errors surface here on Linux; they are not fatal.
-                    continue;
-                }
-            };
-            let data = &buf[..n];
-            if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
-                continue; // keep-alive
-            }
-            let peer = Peer {
-                transport: Transport::Udp,
-                addr: from,
-            };
-            if n > MAX_MESSAGE_SIZE {
-                self.metrics.inc(&self.metrics.dropped_oversize);
-                continue;
-            }
-            self.deliver(message::parse(data), peer);
+    /// The reader of every UDP socket, for the core to poll.
+    pub fn udp_ingress(&self) -> UdpIngress {
+        UdpIngress {
+            t: self.clone(),
+            batch: udp_batch::RecvBatch::new(MAX_MESSAGE_SIZE + 1),
+            next: 0,
         }
     }
 
-    fn deliver(&self, parsed: Result<SipMessage, ParseError>, from: Peer) {
+    /// Counts a parsed message, or answers a malformed one (400/505/513 where it can
+    /// be routed); the well-formed message goes on to the core.
+    fn accept(
+        &self,
+        parsed: Result<SipMessage, ParseError>,
+        from: Peer,
+        received: std::time::Instant,
+    ) -> Option<Inbound> {
         match parsed {
             Ok(msg) => {
                 self.metrics.inc(&self.metrics.messages_in);
-                let is_request = msg.is_request() && msg.method() != Some(&message::Method::Ack);
-                let received = std::time::Instant::now();
-                if let Err(e) = self.inbound.try_send(Inbound {
+                Some(Inbound {
                     msg,
                     from,
                     received,
-                }) {
-                    self.metrics.inc(&self.metrics.dropped_overload);
-                    let Inbound { msg, from, .. } = e.into_inner();
-                    if is_request {
-                        let mut r = msg.response(503, "Service Unavailable");
-                        r.headers.push("Retry-After", "5");
-                        self.send(reply_target(&msg, from), r.to_bytes());
-                    }
-                }
+                })
             }
             Err(e) => {
                 self.metrics.inc(&self.metrics.malformed);
@@ -245,6 +221,24 @@ impl Transports {
                         .unwrap_or(from);
                     self.send(to, reply.to_bytes());
                 }
+                None
+            }
+        }
+    }
+
+    /// Queues a message from a TCP connection for the core; a full queue answers a
+    /// request 503 at once.
+    fn deliver(&self, parsed: Result<SipMessage, ParseError>, from: Peer) {
+        let Some(inbound) = self.accept(parsed, from, std::time::Instant::now()) else {
+            return;
+        };
+        if let Err(e) = self.inbound.try_send(inbound) {
+            self.metrics.inc(&self.metrics.dropped_overload);
+            let Inbound { msg, from, .. } = e.into_inner();
+            if msg.is_request() && msg.method() != Some(&message::Method::Ack) {
+                let mut r = msg.response(503, "Service Unavailable");
+                r.headers.push("Retry-After", "5");
+                self.send(reply_target(&msg, from), r.to_bytes());
             }
         }
     }
@@ -391,9 +385,80 @@ async fn write_loop(mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::R
 const UDP_RCVBUF: libc::c_int = 16 << 20;
 const UDP_SNDBUF: libc::c_int = 4 << 20;
 
+/// Reads the UDP sockets for the core: batches of datagrams, parsed, with the time
+/// each waited in the kernel queue folded into [`Inbound::received`].
+pub struct UdpIngress {
+    t: Transports,
+    batch: udp_batch::RecvBatch,
+    /// Socket to read first next time, so one busy socket cannot starve another.
+    next: usize,
+}
+
+impl UdpIngress {
+    /// Reads up to about `max` datagrams that are already queued (never waits) and
+    /// appends the well-formed ones to `out`; returns how many datagrams were read.
+    pub fn read_ready(&mut self, max: usize, out: &mut Vec<Inbound>) -> usize {
+        let socks = self.t.udp.len();
+        let mut read = 0;
+        for k in 0..socks {
+            let i = (self.next + k) % socks;
+            let sock = self.t.udp[i].clone();
+            let fd = sock.as_raw_fd();
+            while read < max {
+                let n = match sock.try_io(tokio::io::Interest::READABLE, || self.batch.recv(fd)) {
+                    Ok(n) => n,
+                    // WouldBlock (tokio now waits for the next readiness edge), or an
+                    // ICMP error surfacing on Linux: neither is fatal.
+                    Err(_) => break,
+                };
+                read += n;
+                let now = std::time::Instant::now();
+                for j in 0..n {
+                    let Some(d) = self.batch.get(j) else { continue };
+                    if d.data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                        continue; // keep-alive
+                    }
+                    if d.truncated || d.data.len() > MAX_MESSAGE_SIZE {
+                        self.t.metrics.inc(&self.t.metrics.dropped_oversize);
+                        continue;
+                    }
+                    let peer = Peer {
+                        transport: Transport::Udp,
+                        addr: d.from,
+                    };
+                    let received = now.checked_sub(d.queued).unwrap_or(now);
+                    out.extend(self.t.accept(message::parse(d.data), peer, received));
+                }
+                if n < udp_batch::RECV_BATCH {
+                    break;
+                }
+            }
+        }
+        self.next = (self.next + 1) % socks.max(1);
+        read
+    }
+
+    /// Waits until some UDP socket may have datagrams (forever when there is none).
+    pub async fn readable(&self) {
+        std::future::poll_fn(|cx| {
+            for sock in &self.t.udp {
+                if sock.poll_recv_ready(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let std_sock = std::net::UdpSocket::bind(addr)?;
     std_sock.set_nonblocking(true)?;
+    if let Err(e) = udp_batch::enable_timestamps(std_sock.as_raw_fd()) {
+        // Without stamps the queueing delay before the core reads is not seen.
+        tracing::warn!(error = %e, "SO_TIMESTAMPNS unavailable");
+    }
     set_buffer(&std_sock, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, UDP_RCVBUF);
     set_buffer(&std_sock, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, UDP_SNDBUF);
     UdpSocket::from_std(std_sock)
