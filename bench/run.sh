@@ -21,7 +21,7 @@
 # Refuses to start if one of those ports is taken. Stops only the processes it started (by PID,
 # start time checked), on any exit.
 #
-# Env knobs: DURATION (30), RATES (both ladders), REG_RATES ("500 1000 2000 4000 8000 16000"),
+# Env knobs: DURATION (30), RATES (both ladders), REG_RATES ("2000 4000 8000 16000 24000 32000"),
 #   CALL_RATES ("250 500 1000 2000 4000 8000"), REG_REFINE (1), CALL_REFINE (2), CALL_MS (1000),
 #   MAX_RETRANS_PCT (1), SIPP_BUF (4194304), CHILDREN (kamailio workers, 4), KAM_SHM_MB (2048),
 #   BUDGET_S (per ladder, 330), SYSTEMS ("softswitch kamailio"), TESTS ("register calls"),
@@ -44,7 +44,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
     SETTLE_S="${SETTLE_S:-5}"
 fi
 DURATION="${DURATION:-30}"
-REG_RATES="${REG_RATES:-${RATES:-500 1000 2000 4000 8000 16000}}"
+REG_RATES="${REG_RATES:-${RATES:-2000 4000 8000 16000 24000 32000}}"
 CALL_RATES="${CALL_RATES:-${RATES:-250 500 1000 2000 4000 8000}}"
 REG_REFINE="${REG_REFINE:-1}"
 CALL_REFINE="${CALL_REFINE:-2}"
