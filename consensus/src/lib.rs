@@ -1,1 +1,3 @@
-//! Raft replication of cluster state (openraft on RocksDB over QUIC); filled by the consensus issue.
+//! Raft replication of cluster state (openraft on RocksDB over QUIC).
+
+pub mod rpc;
