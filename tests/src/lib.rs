@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod netns;
+
 /// Directory of this crate (`tests/`).
 pub fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -242,6 +244,9 @@ pub struct NodeOpts {
     pub log_level: String,
     /// Appended verbatim to the TOML (for tests of config handling).
     pub extra_toml: String,
+    /// Run inside this lab host's namespace, listening on its address, port 5060;
+    /// None = on loopback, on a free port.
+    pub host: Option<netns::Host>,
 }
 
 impl Default for NodeOpts {
@@ -258,6 +263,7 @@ impl Default for NodeOpts {
             tcp: true,
             log_level: "info".into(),
             extra_toml: String::new(),
+            host: None,
         }
     }
 }
@@ -293,6 +299,7 @@ pub struct Node {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     log_path: PathBuf,
+    netns: Option<String>,
 }
 
 impl Node {
@@ -306,13 +313,17 @@ impl Node {
         }
         let tmp = tempfile::Builder::new().prefix("e2e-node-").tempdir()?;
         let dir = tmp.path().to_path_buf();
-        let port = free_port();
+        let (ip, port) = match &opts.host {
+            Some(h) => (h.ip.to_string(), 5060),
+            None => ("127.0.0.1".to_string(), free_port()),
+        };
+        let netns = opts.host.as_ref().map(|h| h.netns.clone());
         let data_dir = dir.join("data");
         let seed = dir.join("pbx.yaml");
         std::fs::write(&seed, seed_yaml(&opts.extensions))?;
         let algs: Vec<String> = opts.algorithms.iter().map(|a| format!("\"{a}\"")).collect();
         let tcp = if opts.tcp {
-            format!("[\"127.0.0.1:{port}\"]")
+            format!("[\"{ip}:{port}\"]")
         } else {
             "[]".into()
         };
@@ -321,9 +332,9 @@ impl Node {
 data_dir = "{data}"
 
 [sip]
-udp = ["127.0.0.1:{port}"]
+udp = ["{ip}:{port}"]
 tcp = {tcp}
-advertised_host = "127.0.0.1"
+advertised_host = "{ip}"
 
 [registrar]
 realm = "softswitch"
@@ -361,8 +372,8 @@ level = "{level}"
         let cfg = dir.join("node.toml");
         std::fs::write(&cfg, toml)?;
         let log_path = dir.join("node.log");
-        let child = spawn_node(&bin, &cfg, &dir, &log_path)?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = spawn_node(&bin, &cfg, &dir, &log_path, netns.as_deref())?;
+        let addr: SocketAddr = format!("{ip}:{port}").parse()?;
         let (tmp, keep) = if keep_dirs() {
             (None, tmp.keep())
         } else {
@@ -379,6 +390,7 @@ level = "{level}"
             dir,
             _tmp: tmp,
             log_path,
+            netns,
         };
         node.wait_ready(Duration::from_secs(30))?;
         Ok(node)
@@ -396,6 +408,7 @@ level = "{level}"
             &cfg,
             &self.dir,
             &self.log_path,
+            self.netns.as_deref(),
         )?);
         self.wait_ready(Duration::from_secs(30))
     }
@@ -488,13 +501,29 @@ level = "{level}"
     }
 }
 
-fn spawn_node(bin: &Path, cfg: &Path, dir: &Path, log_path: &Path) -> Result<Child> {
+fn spawn_node(
+    bin: &Path,
+    cfg: &Path,
+    dir: &Path,
+    log_path: &Path,
+    netns: Option<&str>,
+) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)?;
     let log2 = log.try_clone()?;
-    die_with_parent(&mut Command::new(bin))
+    // `ip netns exec` execs the program in place, so the child is the node itself and
+    // signals reach it directly.
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    die_with_parent(&mut cmd)
         .arg("--config")
         .arg(cfg)
         .current_dir(dir)
@@ -862,7 +891,13 @@ pub fn headers<'a>(msg: &'a str, names: &[&str]) -> Vec<&'a str> {
 /// Send `msg` over UDP from a fresh socket and collect the responses that arrive within
 /// `wait` (stops early after a final response, >= 200).
 pub fn udp_exchange(to: SocketAddr, msg: &[u8], wait: Duration) -> Result<Vec<String>> {
-    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    // From loopback to loopback; otherwise let the kernel pick the source (a node in a
+    // lab namespace is reached over the bridge).
+    let sock = if to.ip().is_loopback() {
+        UdpSocket::bind("127.0.0.1:0")?
+    } else {
+        UdpSocket::bind("0.0.0.0:0")?
+    };
     sock.send_to(msg, to)?;
     let deadline = Instant::now() + wait;
     let mut out = Vec::new();
