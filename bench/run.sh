@@ -123,6 +123,9 @@ ring_timeout_secs = 30
 [pbx]
 seed = "$dir/pbx.yaml"
 
+[admin]
+listen = "127.0.0.1:$SS_PORT"
+
 [log]
 level = "warn"
 EOF

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub calls: CallsSection,
     /// `[pbx]`: where the PBX data comes from at first start.
     pub pbx: PbxSection,
+    /// `[admin]`: the HTTP listener for operators and `switchctl`.
+    pub admin: AdminSection,
     /// `[log]`: logging.
     pub log: LogSection,
 }
@@ -184,6 +186,26 @@ pub struct PbxSection {
     /// YAML file loaded into the store at first start; empty = a demo PBX with
     /// extensions 1001-1010 and generated passwords.
     pub seed: Option<PathBuf>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Serve the admin HTTP API (default true).
+    pub enabled: bool,
+    /// Its listen address (default `127.0.0.1:8060`: operators reach it locally or
+    /// through a tunnel until the API has authentication).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8060)),
+        }
+    }
 }
 
 /// `[log]`

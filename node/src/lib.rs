@@ -1,5 +1,6 @@
 //! One softswitch cluster member: SIP stack, registrar, routing, B2BUA calls and the store.
 
+pub mod admin;
 pub mod calls;
 pub mod config;
 pub mod core;

@@ -97,6 +97,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Box::new(transports),
         metrics.clone(),
     )?;
+    if cfg.admin.enabled {
+        let state = Arc::new(crate::admin::AdminState {
+            node_id: cfg.node.id,
+            metrics: metrics.clone(),
+            started: std::time::Instant::now(),
+        });
+        let addr = crate::admin::start(cfg.admin.listen, state)
+            .await
+            .with_context(|| format!("admin listener on {}", cfg.admin.listen))?;
+        tracing::info!(%addr, "admin HTTP listening");
+    }
     let stats = metrics.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -295,6 +295,8 @@ pub struct Node {
     child: Option<Child>,
     pub port: u16,
     pub addr: SocketAddr,
+    /// The admin HTTP listener.
+    pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -318,6 +320,10 @@ impl Node {
             None => ("127.0.0.1".to_string(), free_port()),
         };
         let netns = opts.host.as_ref().map(|h| h.netns.clone());
+        let admin: SocketAddr = match &opts.host {
+            Some(h) => SocketAddr::from((h.ip, 8060)),
+            None => SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
         let data_dir = dir.join("data");
         let seed = dir.join("pbx.yaml");
         std::fs::write(&seed, seed_yaml(&opts.extensions))?;
@@ -351,9 +357,13 @@ ring_timeout_secs = {ring}
 [pbx]
 seed = "{seed}"
 
+[admin]
+listen = "{admin}"
+
 [log]
 level = "{level}"
 {extra}"#,
+            admin = admin,
             data = data_dir.display(),
             min = opts.min_expires,
             max = opts.max_expires,
@@ -386,6 +396,7 @@ level = "{level}"
             child: Some(child),
             port,
             addr,
+            admin,
             data_dir,
             dir,
             _tmp: tmp,
@@ -1123,4 +1134,23 @@ pub fn recv_final(sock: &UdpSocket, wait: Duration) -> Option<String> {
             return Some(s);
         }
     }
+}
+
+/// `GET path` over HTTP/1.1 (Connection: close); returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP response: {raw:?}"))?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_string()))
 }

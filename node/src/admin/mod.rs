@@ -1,0 +1,202 @@
+//! The admin HTTP listener (hyper, HTTP/1.1, JSON): what `switchctl` and operators'
+//! tools talk to. It answers `/healthz` and the node's counters; the cluster operations
+//! and the full admin API are added on the same router.
+
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+/// A client that has not sent its request head by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers can see.
+pub struct AdminState {
+    /// This node's id.
+    pub node_id: u64,
+    /// Process counters.
+    pub metrics: Arc<Metrics>,
+    /// When the node started.
+    pub started: Instant,
+}
+
+/// Binds the listener (so a taken port fails the node's start-up) and serves it until
+/// the task is dropped; returns the bound address.
+pub async fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(serve(listener, state));
+    Ok(local)
+}
+
+async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// A JSON response.
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// An error response whose message says what went wrong.
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json(status, serde_json::json!({ "error": message.into() }))
+}
+
+fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let (allowed, handler): (&str, fn(&AdminState) -> Response<Full<Bytes>>) = match path {
+        "/healthz" => ("GET", healthz),
+        "/v1/counters" => ("GET", counters),
+        _ => return error(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
+    };
+    if req.method() != Method::GET {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed on {path}; use {allowed}", req.method()),
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    handler(state)
+}
+
+/// The process is up and serving (readiness comes with the cluster state).
+fn healthz(state: &AdminState) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "status": "ok",
+            "node_id": state.node_id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": state.started.elapsed().as_secs(),
+        }),
+    )
+}
+
+/// The node's counters by name.
+fn counters(state: &AdminState) -> Response<Full<Bytes>> {
+    let map: serde_json::Map<String, serde_json::Value> = state
+        .metrics
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    json(StatusCode::OK, serde_json::Value::Object(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn health_counters_and_errors() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.inc(&metrics.registrations_ok);
+        let state = Arc::new(AdminState {
+            node_id: 7,
+            metrics,
+            started: Instant::now(),
+        });
+        let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
+
+        let r = get(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("application/json"));
+        assert!(
+            r.contains("\"status\":\"ok\"") && r.contains("\"node_id\":7"),
+            "{r}"
+        );
+
+        let r = get(
+            addr,
+            "GET /v1/counters HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.contains("\"registrations_ok\":1"), "{r}");
+
+        let r = get(
+            addr,
+            "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 404") && r.contains("no such resource: /nope"),
+            "{r}"
+        );
+
+        let r = get(
+            addr,
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 405") && r.to_lowercase().contains("allow: get"),
+            "{r}"
+        );
+
+        let r = get(addr, "garbage\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    }
+}
