@@ -17,7 +17,7 @@
 # (UAC and UAS), sipp created all calls on time (it kept up) and retransmissions were at most
 # MAX_RETRANS_PCT % of the calls. The figure is the highest passing rate.
 #
-# Everything on 127.0.0.1: softswitch udp+tcp :5170, kamailio udp :5070, UAS :5080, UAC :5090.
+# Everything on 127.0.0.1: softswitch udp+tcp :5170 (admin http :5171), kamailio udp :5070, UAS :5080, UAC :5090.
 # Refuses to start if one of those ports is taken. Stops only the processes it started (by PID,
 # start time checked), on any exit.
 #
@@ -58,6 +58,7 @@ TESTS="${TESTS:-register calls}"
 SETTLE_S="${SETTLE_S:-35}"
 
 SS_PORT=5170
+SS_ADMIN_PORT=5171
 KAM_PORT=5070
 UAS_PORT=5080
 UAC_PORT=5090
@@ -74,6 +75,7 @@ for p in "$KAM_PORT" "$UAS_PORT" "$UAC_PORT" "$SS_PORT"; do
     udp_taken "$p" && die "127.0.0.1:$p (udp) is already in use"
 done
 tcp_listening 127.0.0.1 "$SS_PORT" && die "127.0.0.1:$SS_PORT (tcp) is already in use"
+tcp_listening 127.0.0.1 "$SS_ADMIN_PORT" && die "127.0.0.1:$SS_ADMIN_PORT (tcp, admin) is already in use"
 
 # users 100000..119999, password pw<user> (the Kamailio registrar accepts the same pattern)
 USERS="$SCRATCH/users.csv"
@@ -124,7 +126,7 @@ ring_timeout_secs = 30
 seed = "$dir/pbx.yaml"
 
 [admin]
-listen = "127.0.0.1:$SS_PORT"
+listen = "127.0.0.1:$SS_ADMIN_PORT"
 
 [log]
 level = "warn"

@@ -87,9 +87,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
     json(status, serde_json::json!({ "error": message.into() }))
 }
 
-fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The answer to one request.
+type Reply = Response<Full<Bytes>>;
+
+fn route(state: &AdminState, req: Request<Incoming>) -> Reply {
     let path = req.uri().path();
-    let (allowed, handler): (&str, fn(&AdminState) -> Response<Full<Bytes>>) = match path {
+    let (allowed, handler): (&str, fn(&AdminState) -> Reply) = match path {
         "/healthz" => ("GET", healthz),
         "/v1/counters" => ("GET", counters),
         _ => return error(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
