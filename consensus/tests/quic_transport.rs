@@ -479,3 +479,33 @@ async fn shutdown_lets_a_call_in_progress_finish() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn anonymous_connections_are_limited() {
+    bounded(async {
+        let options = ServerOptions {
+            max_anonymous_connections: 1,
+            ..ServerOptions::default()
+        };
+        let cluster = Cluster::start_with(options, false);
+        let first = QuicClient::new(None, cluster.ca.cert_pem()).unwrap();
+        let second = QuicClient::new(None, cluster.ca.cert_pem()).unwrap();
+        first
+            .call(cluster.addr(), RpcKind::Join, b"a".to_vec())
+            .await
+            .unwrap();
+        let err = second
+            .call(cluster.addr(), RpcKind::Join, b"b".to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+        // Members are not counted against the anonymous limit.
+        let member = cluster.member(2);
+        member
+            .call(cluster.addr(), RpcKind::Vote, b"c".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(cluster.handler.calls().len(), 2);
+    })
+    .await;
+}

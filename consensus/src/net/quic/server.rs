@@ -1,6 +1,7 @@
 //! The accepting side: answers requests from peers with an [`RpcHandler`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub struct ServerOptions {
     pub max_anonymous_payload: usize,
     /// Connections open at once; further handshakes are refused.
     pub max_connections: usize,
+    /// Of those, connections without a certificate, so enrolling strangers cannot take
+    /// every slot from members.
+    pub max_anonymous_connections: usize,
     /// Concurrent requests per connection (QUIC stream credit).
     pub max_streams_per_connection: u32,
     /// Time a peer has to deliver a whole request once it opened the stream.
@@ -43,6 +47,7 @@ impl Default for ServerOptions {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_anonymous_payload: 64 * 1024,
             max_connections: 256,
+            max_anonymous_connections: 16,
             max_streams_per_connection: 128,
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
@@ -82,6 +87,7 @@ impl Drop for InFlightGuard {
 /// What every connection task shares.
 struct Shared<H> {
     handler: H,
+    anonymous: AtomicUsize,
     options: ServerOptions,
     in_flight: InFlight,
     shutdown: watch::Receiver<bool>,
@@ -141,6 +147,7 @@ impl QuicServer {
         let grace = options.shutdown_grace;
         let shared = Arc::new(Shared {
             handler,
+            anonymous: AtomicUsize::new(0),
             options,
             in_flight: in_flight.clone(),
             shutdown: shutdown_rx,
@@ -269,6 +276,17 @@ fn caller_of(conn: &Connection) -> Caller {
 async fn serve_connection<H: RpcHandler>(conn: Connection, shared: Arc<Shared<H>>) {
     let caller = caller_of(&conn);
     tracing::debug!(remote = %conn.remote_address(), ?caller, "QUIC connection up");
+    let _anonymous_slot = match caller {
+        Caller::Peer(PeerIdentity::Anonymous) => match AnonymousSlot::take(&shared) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(remote = %conn.remote_address(), "anonymous connection limit reached");
+                conn.close(VarInt::from_u32(REFUSED_CODE), b"too many anonymous peers");
+                return;
+            }
+        },
+        _ => None,
+    };
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (send, recv) = tokio::select! {
@@ -288,6 +306,28 @@ async fn serve_connection<H: RpcHandler>(conn: Connection, shared: Arc<Shared<H>
             serve_stream(caller, send, recv, &shared).await;
             drop(guard);
         });
+    }
+}
+
+/// One of the limited places for anonymous connections, given back on drop.
+struct AnonymousSlot<H>(Arc<Shared<H>>);
+
+impl<H> AnonymousSlot<H> {
+    fn take(shared: &Arc<Shared<H>>) -> Option<AnonymousSlot<H>> {
+        let limit = shared.options.max_anonymous_connections;
+        shared
+            .anonymous
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| AnonymousSlot(shared.clone()))
+    }
+}
+
+impl<H> Drop for AnonymousSlot<H> {
+    fn drop(&mut self) {
+        self.0.anonymous.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
