@@ -16,6 +16,7 @@ const CF_BINDINGS: &str = "bindings";
 const CF_CDRS: &str = "cdrs";
 const CFS: [&str; 4] = [CF_META, CF_EXTENSIONS, CF_BINDINGS, CF_CDRS];
 const KEY_SEEDED: &[u8] = b"seeded";
+const KEY_NEXT_CDR: &[u8] = b"next_cdr";
 
 /// A change to the replicated state.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -103,17 +104,7 @@ impl Store {
     }
 
     fn with_db(db: DB) -> Result<Store, StoreError> {
-        let cf = db
-            .cf_handle(CF_CDRS)
-            .ok_or(StoreError::MissingCf(CF_CDRS))?;
-        let next = match db.iterator_cf(cf, IteratorMode::End).next() {
-            Some(Ok((k, _))) if k.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&k);
-                u64::from_be_bytes(b) + 1
-            }
-            _ => 1,
-        };
+        let next = next_cdr_number(&db)?;
         Ok(Store {
             db,
             next_cdr: AtomicU64::new(next),
@@ -132,28 +123,10 @@ impl Store {
     /// Applies several commands atomically (one RocksDB write batch).
     pub fn apply_all(&self, cmds: &[Command]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for cmd in cmds {
-            match cmd {
-                Command::UpsertExtension(e) => {
-                    batch.put_cf(self.cf(CF_EXTENSIONS)?, &e.number, encode(e))
-                }
-                Command::DeleteExtension(n) => batch.delete_cf(self.cf(CF_EXTENSIONS)?, n),
-                Command::PutBinding { aor, binding } => batch.put_cf(
-                    self.cf(CF_BINDINGS)?,
-                    binding_key(aor, &binding.contact),
-                    encode(binding),
-                ),
-                Command::RemoveBinding { aor, contact } => {
-                    batch.delete_cf(self.cf(CF_BINDINGS)?, binding_key(aor, contact))
-                }
-                Command::AppendCdr(c) => {
-                    let seq = self.next_cdr.fetch_add(1, Ordering::Relaxed);
-                    batch.put_cf(self.cf(CF_CDRS)?, seq.to_be_bytes(), encode(c))
-                }
-                Command::MarkSeeded => batch.put_cf(self.cf(CF_META)?, KEY_SEEDED, b"1"),
-            }
-        }
+        let mut next_cdr = self.next_cdr.load(Ordering::Relaxed);
+        stage(&self.db, &mut batch, cmds, &mut next_cdr)?;
         self.db.write(batch)?;
+        self.next_cdr.store(next_cdr, Ordering::Relaxed);
         Ok(())
     }
 
@@ -196,6 +169,65 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Stages `cmds` into `batch` against the column families of `db`: the one place that
+/// knows how a command changes the stored state, for this node's own store and for the
+/// replicated state machine alike. CDRs are numbered from `next_cdr` (advanced here), and
+/// the next number is written with them so a replica that applies the same commands
+/// numbers them the same way.
+pub fn stage(
+    db: &DB,
+    batch: &mut WriteBatch,
+    cmds: &[Command],
+    next_cdr: &mut u64,
+) -> Result<(), StoreError> {
+    let cf = |name: &'static str| db.cf_handle(name).ok_or(StoreError::MissingCf(name));
+    let mut cdrs = false;
+    for cmd in cmds {
+        match cmd {
+            Command::UpsertExtension(e) => batch.put_cf(cf(CF_EXTENSIONS)?, &e.number, encode(e)),
+            Command::DeleteExtension(n) => batch.delete_cf(cf(CF_EXTENSIONS)?, n),
+            Command::PutBinding { aor, binding } => batch.put_cf(
+                cf(CF_BINDINGS)?,
+                binding_key(aor, &binding.contact),
+                encode(binding),
+            ),
+            Command::RemoveBinding { aor, contact } => {
+                batch.delete_cf(cf(CF_BINDINGS)?, binding_key(aor, contact))
+            }
+            Command::AppendCdr(c) => {
+                batch.put_cf(cf(CF_CDRS)?, next_cdr.to_be_bytes(), encode(c));
+                *next_cdr += 1;
+                cdrs = true;
+            }
+            Command::MarkSeeded => batch.put_cf(cf(CF_META)?, KEY_SEEDED, b"1"),
+        }
+    }
+    if cdrs {
+        batch.put_cf(cf(CF_META)?, KEY_NEXT_CDR, next_cdr.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// The number the next CDR gets in `db`: the stored counter, or for a store written
+/// before the counter existed, one past the last CDR key.
+pub fn next_cdr_number(db: &DB) -> Result<u64, StoreError> {
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or(StoreError::MissingCf(CF_META))?;
+    if let Some(v) = db.get_cf(meta, KEY_NEXT_CDR)? {
+        if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
+            return Ok(u64::from_be_bytes(b));
+        }
+    }
+    let cdrs = db
+        .cf_handle(CF_CDRS)
+        .ok_or(StoreError::MissingCf(CF_CDRS))?;
+    Ok(match db.iterator_cf(cdrs, IteratorMode::End).next() {
+        Some(Ok((k, _))) => <[u8; 8]>::try_from(&*k).map_or(1, |b| u64::from_be_bytes(b) + 1),
+        _ => 1,
+    })
 }
 
 /// Options shared by every open of the store. Debian's librocksdb is built without
