@@ -366,8 +366,11 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
     }
 }
 
+/// A membership change's outcome, or the timeout around it.
+type AdminOutcome<E> = Result<Result<(), RaftError<NodeId, ClientWriteError<NodeId, Member>>>, E>;
+
 fn admin_result<E>(
-    res: Result<Result<(), RaftError<NodeId, ClientWriteError<NodeId, Member>>>, E>,
+    res: AdminOutcome<E>,
     what: &'static str,
     waited: Duration,
 ) -> Result<(), AdminError> {

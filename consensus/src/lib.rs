@@ -3,6 +3,9 @@
 //! [`Consensus`] is the API the rest of the system uses; [`App`] is what the application
 //! plugs in; [`rpc`] is the seam to the transport.
 
+// openraft's traits fix the (large) StorageError and RaftError types our glue returns.
+#![allow(clippy::result_large_err)]
+
 pub mod app;
 pub mod cluster;
 pub mod error;

@@ -142,7 +142,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let this = self.clone();
         blocking(move || {
             let last_purged_log_id: Option<LogId> = read_meta(&this.db, KEY_LAST_PURGED)?;
-            let last_log_id = this.last_entry_id()?.or_else(|| last_purged_log_id.clone());
+            let last_log_id = this.last_entry_id()?.or(last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
                 last_log_id,

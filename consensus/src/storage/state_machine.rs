@@ -103,15 +103,12 @@ fn apply_entries<A: App>(
                 // A command this build cannot decode (a newer node's?) stops this node
                 // rather than letting it skip a change the others apply.
                 let cmd: A::Command = payload.decode().map_err(|e| {
-                    StorageError::from(StorageIOError::apply(
-                        entry.log_id.clone(),
-                        AnyError::new(&e),
-                    ))
+                    StorageError::from(StorageIOError::apply(entry.log_id, AnyError::new(&e)))
                 })?;
                 app.apply(&db.db, &mut batch, &cmd)
             }
             EntryPayload::Membership(m) => {
-                let stored = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                 batch.put_cf(
                     meta_cf,
                     KEY_MEMBERSHIP,
