@@ -78,3 +78,24 @@ pub(crate) enum WriteRejection {
 
 /// The answer to a forwarded proposal: the encoded response, or why not.
 pub(crate) type WriteReply = Result<Payload, WriteRejection>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_chunks_carry_raw_data() {
+        let req = InstallSnapshotRequest::<TypeConfig> {
+            vote: openraft::Vote::new(3, 1),
+            meta: Default::default(),
+            offset: 42,
+            data: vec![0, 255, 7],
+            done: true,
+        };
+        let bytes = encode_chunk(req.clone()).unwrap();
+        assert!(bytes.ends_with(&[0, 255, 7]));
+        assert_eq!(decode_chunk(&bytes).unwrap(), req);
+        assert!(decode_chunk(&bytes[..3]).is_err());
+        assert!(decode_chunk(&bytes[..10]).is_err());
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 use common::kv::{get, KvCmd, KvResp};
 use common::net::LocalNet;
 use common::*;
+use consensus::rpc::{PeerIdentity, RpcHandler, RpcKind};
 use consensus::{ProposeError, Role};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -69,6 +70,12 @@ async fn proposal_on_a_follower_is_applied_everywhere() {
         follower.read_barrier().await,
         Err(consensus::AdminError::NotLeader(_))
     ));
+    // Raft RPCs need a cluster certificate.
+    let anon = follower
+        .handler()
+        .handle(PeerIdentity::Anonymous, RpcKind::AppendEntries, Vec::new())
+        .await;
+    assert!(anon.unwrap_err().contains("certificate"));
     let status = leader_node.status();
     assert_eq!(status.voters, BTreeSet::from([1, 2, 3]));
     assert_eq!(status.matched.len(), 2, "leader reports both followers");

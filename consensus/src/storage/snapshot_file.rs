@@ -195,3 +195,43 @@ pub(crate) fn remove_leftovers(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut w = Writer::new(Vec::new(), &SnapshotMeta::default()).unwrap();
+        w.cf("kv").unwrap();
+        w.kv(b"a", b"1").unwrap();
+        w.kv(b"b", b"").unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let bytes = sample();
+        let (mut r, meta) = Reader::new(&bytes[..]).unwrap();
+        assert_eq!(meta, SnapshotMeta::default());
+        assert!(matches!(r.next_record().unwrap(), Some(Record::Cf(n)) if n == "kv"));
+        assert!(
+            matches!(r.next_record().unwrap(), Some(Record::Kv(k, v)) if k == b"a" && v == b"1")
+        );
+        assert!(
+            matches!(r.next_record().unwrap(), Some(Record::Kv(k, v)) if k == b"b" && v.is_empty())
+        );
+        assert!(r.next_record().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_cut_stream_is_an_error_not_an_end() {
+        let bytes = sample();
+        for cut in [bytes.len() - 1, bytes.len() - 9, bytes.len() - 12] {
+            let (mut r, _) = Reader::new(&bytes[..cut]).unwrap();
+            let res = std::iter::from_fn(|| Some(r.next_record()))
+                .find(|x| !matches!(x, Ok(Some(_))))
+                .unwrap();
+            assert!(res.is_err(), "cut at {cut}");
+        }
+    }
+}
