@@ -1,0 +1,85 @@
+//! openraft's network, server side: answers the transport's requests by calling the local
+//! Raft, and applies proposals forwarded by followers.
+
+use crate::rpc::{PeerIdentity, RpcHandler, RpcKind};
+use crate::types::Raft;
+use crate::wire::{self, ForwardedWrite, WriteRejection, WriteReply};
+use openraft::error::{ClientWriteError, RaftError};
+use std::time::Duration;
+
+/// The [`RpcHandler`] to give to the transport; cheap to clone.
+#[derive(Clone)]
+pub struct RaftHandler {
+    raft: Raft,
+    propose_timeout: Duration,
+}
+
+impl RaftHandler {
+    pub(crate) fn new(raft: Raft, propose_timeout: Duration) -> RaftHandler {
+        RaftHandler {
+            raft,
+            propose_timeout,
+        }
+    }
+
+    async fn client_write(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let req: ForwardedWrite =
+            wire::decode(payload).map_err(|e| format!("bad proposal: {e}"))?;
+        let wait = self
+            .propose_timeout
+            .min(Duration::from_millis(req.timeout_ms));
+        let reply: WriteReply =
+            match tokio::time::timeout(wait, self.raft.client_write(req.cmd)).await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    Err(WriteRejection::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node),
+                    })
+                }
+                // Only membership changes fail this way, and they are not proposed here.
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(e.to_string())
+                }
+                Ok(Err(RaftError::Fatal(_))) => Err(WriteRejection::Stopped),
+                Err(_) => Err(WriteRejection::NoQuorum {
+                    waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                }),
+            };
+        wire::encode(&reply).map_err(|e| e.to_string())
+    }
+}
+
+impl RpcHandler for RaftHandler {
+    async fn handle(
+        &self,
+        peer: PeerIdentity,
+        kind: RpcKind,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        if peer == PeerIdentity::Anonymous {
+            return Err(format!(
+                "{kind:?} needs a cluster certificate; enroll with a join token first"
+            ));
+        }
+        let bad = |e: serde_json::Error| format!("undecodable {kind:?} request: {e}");
+        let reply = match kind {
+            RpcKind::AppendEntries => {
+                let req = wire::decode(&payload).map_err(bad)?;
+                wire::encode(&self.raft.append_entries(req).await)
+            }
+            RpcKind::Vote => {
+                let req = wire::decode(&payload).map_err(bad)?;
+                wire::encode(&self.raft.vote(req).await)
+            }
+            RpcKind::InstallSnapshot => {
+                let req = wire::decode_chunk(&payload)?;
+                wire::encode(&self.raft.install_snapshot(req).await)
+            }
+            RpcKind::ClientWrite => return self.client_write(&payload).await,
+            RpcKind::Join | RpcKind::Admin => {
+                return Err(format!("{kind:?} is not served by the Raft handler"))
+            }
+        };
+        reply.map_err(|e| format!("could not encode the {kind:?} answer: {e}"))
+    }
+}
