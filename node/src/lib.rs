@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod calls;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod metrics;

@@ -14,7 +14,8 @@ const CF_META: &str = "meta";
 const CF_EXTENSIONS: &str = "extensions";
 const CF_BINDINGS: &str = "bindings";
 const CF_CDRS: &str = "cdrs";
-const CFS: [&str; 4] = [CF_META, CF_EXTENSIONS, CF_BINDINGS, CF_CDRS];
+/// The column families of the node's state.
+pub const CFS: [&str; 4] = [CF_META, CF_EXTENSIONS, CF_BINDINGS, CF_CDRS];
 const KEY_SEEDED: &[u8] = b"seeded";
 const KEY_NEXT_CDR: &[u8] = b"next_cdr";
 
@@ -111,10 +112,6 @@ impl Store {
         })
     }
 
-    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(name).ok_or(StoreError::MissingCf(name))
-    }
-
     /// Applies one command.
     pub fn apply(&self, cmd: &Command) -> Result<(), StoreError> {
         self.apply_all(std::slice::from_ref(cmd))
@@ -132,43 +129,70 @@ impl Store {
 
     /// True once the PBX seed has been loaded.
     pub fn is_seeded(&self) -> Result<bool, StoreError> {
-        Ok(self.db.get_cf(self.cf(CF_META)?, KEY_SEEDED)?.is_some())
+        is_seeded(&self.db)
     }
 
     /// Every extension.
     pub fn extensions(&self) -> Result<Vec<Extension>, StoreError> {
-        self.scan(CF_EXTENSIONS, |_, v| Ok(v))
+        extensions(&self.db)
     }
 
     /// Every binding with its address of record.
     pub fn bindings(&self) -> Result<Vec<(String, Binding)>, StoreError> {
-        self.scan(CF_BINDINGS, |k, v| {
-            let aor = k.split(|b| *b == 0).next().unwrap_or_default();
-            Ok((String::from_utf8_lossy(aor).into_owned(), v))
-        })
+        bindings(&self.db)
     }
 
     /// Every CDR, oldest first.
     pub fn cdrs(&self) -> Result<Vec<Cdr>, StoreError> {
-        self.scan(CF_CDRS, |_, v| Ok(v))
+        cdrs(&self.db)
     }
+}
 
-    fn scan<T: serde::de::DeserializeOwned, R>(
-        &self,
-        cf: &'static str,
-        f: impl Fn(&[u8], T) -> Result<R, StoreError>,
-    ) -> Result<Vec<R>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
-            let (k, v) = item?;
-            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                cf,
-                reason: e.to_string(),
-            })?;
-            out.push(f(&k, value)?);
-        }
-        Ok(out)
+// Readers over any database holding the node's column families: this node's own
+// store, or the replicated state machine's.
+
+/// True once the PBX seed has been loaded.
+pub fn is_seeded(db: &DB) -> Result<bool, StoreError> {
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or(StoreError::MissingCf(CF_META))?;
+    Ok(db.get_cf(meta, KEY_SEEDED)?.is_some())
+}
+
+/// Every extension.
+pub fn extensions(db: &DB) -> Result<Vec<Extension>, StoreError> {
+    scan(db, CF_EXTENSIONS, |_, v| Ok(v))
+}
+
+/// Every binding with its address of record.
+pub fn bindings(db: &DB) -> Result<Vec<(String, Binding)>, StoreError> {
+    scan(db, CF_BINDINGS, |k, v| {
+        let aor = k.split(|b| *b == 0).next().unwrap_or_default();
+        Ok((String::from_utf8_lossy(aor).into_owned(), v))
+    })
+}
+
+/// Every CDR, oldest first.
+pub fn cdrs(db: &DB) -> Result<Vec<Cdr>, StoreError> {
+    scan(db, CF_CDRS, |_, v| Ok(v))
+}
+
+fn scan<T: serde::de::DeserializeOwned, R>(
+    db: &DB,
+    cf: &'static str,
+    f: impl Fn(&[u8], T) -> Result<R, StoreError>,
+) -> Result<Vec<R>, StoreError> {
+    let handle = db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))?;
+    let mut out = Vec::new();
+    for item in db.iterator_cf(handle, IteratorMode::Start) {
+        let (k, v) = item?;
+        let value = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            cf,
+            reason: e.to_string(),
+        })?;
+        out.push(f(&k, value)?);
     }
+    Ok(out)
 }
 
 /// Stages `cmds` into `batch` against the column families of `db`: the one place that
