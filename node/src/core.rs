@@ -8,15 +8,18 @@
 use crate::calls::{Calls, CallsConfig};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
+use crate::persist::{Persist, WriteId, WriteResult, Written};
+use crate::registrar::Binding;
 use crate::registrar::{
     Algorithm, DigestConfig, ExtensionLookup, Limits, Registrar, RegistrarConfig, Verdict,
 };
 use crate::routing::Directory;
+use crate::routing::Extension;
 use crate::sip::message::{Method, SipMessage};
 use crate::sip::transaction::{Action, TimerConfig, TransactionLayer, TuEvent, TxKey};
 use crate::sip::transport::{reply_target, stamp_via, Inbound, Transports, UdpIngress};
 use crate::sip::{Peer, Transport};
-use crate::store::{Command, Store};
+use crate::store::Command;
 use bytes::Bytes;
 use rand::Rng;
 use std::collections::{HashMap, VecDeque};
@@ -196,8 +199,8 @@ pub struct SipCtx<'a> {
     pub out: &'a mut Vec<Action>,
     /// Local addressing.
     pub local: &'a mut Local,
-    /// The store, for CDRs.
-    pub store: &'a Store,
+    /// Where CDRs are written.
+    pub persist: &'a mut dyn Persist,
     /// Counters.
     pub metrics: &'a Metrics,
     /// The time of the event being handled.
@@ -243,9 +246,9 @@ impl SipCtx<'_> {
         }
     }
 
-    /// Appends a CDR to the store (a failure is counted and logged, never fatal).
+    /// Appends a CDR (a failure is counted and logged, never fatal).
     pub fn write_cdr(&mut self, cdr: crate::calls::cdr::Cdr) {
-        if let Err(e) = self.store.apply(&Command::AppendCdr(cdr)) {
+        if let Written::Done(Err(e)) = self.persist.write(0, vec![Command::AppendCdr(cdr)]) {
             self.metrics.inc(&self.metrics.store_errors);
             tracing::error!(error = %e, "CDR write failed");
         }
@@ -276,7 +279,7 @@ macro_rules! ctx {
             txn: &mut $core.txn,
             out: &mut $core.out,
             local: &mut $core.local,
-            store: &$core.store,
+            persist: &mut *$core.persist,
             metrics: &$core.metrics,
             now: $now,
         }
@@ -312,7 +315,11 @@ pub struct Core {
     registrar: Registrar,
     directory: Directory,
     calls: Calls,
-    store: Arc<Store>,
+    persist: Box<dyn Persist>,
+    /// The last write id handed out.
+    next_write: WriteId,
+    /// REGISTER answers waiting for a write that has not finished yet.
+    waiting: crate::FastMap<WriteId, Vec<Held>>,
     wire: Box<dyn Wire>,
     /// Bytes to send, handed to the wire as one batch by [`Core::commit`] and after
     /// timers fire.
@@ -323,11 +330,27 @@ pub struct Core {
     next_sweep: Option<Instant>,
     /// Binding changes waiting for the next batched store write.
     pending_bindings: Vec<Command>,
-    /// REGISTER responses waiting for that write: (transaction, 200, 500 if it fails).
-    held: Vec<(TxKey, SipMessage, SipMessage)>,
+    /// REGISTER responses waiting for that write.
+    held: Vec<Held>,
     /// New INVITEs and REGISTERs queued longer than this are refused with 503.
     max_queue_delay: Duration,
 }
+
+/// A REGISTER answer held until its binding is written: the transaction, the 200, and
+/// the 500 sent instead if the write fails.
+type Held = (TxKey, SipMessage, SipMessage);
+
+/// What the core starts from: the stored (or replicated) state.
+#[derive(Debug, Default)]
+pub struct InitialState {
+    /// Registration bindings with their address of record.
+    pub bindings: Vec<(String, Binding)>,
+    /// Extensions.
+    pub extensions: Vec<Extension>,
+}
+
+/// A finished write reported on the completion channel of [`Core::run`].
+pub type Completion = (WriteId, WriteResult);
 
 fn binding_command(change: crate::registrar::Change) -> Command {
     match change {
@@ -345,15 +368,16 @@ fn unix_now(now: SystemTime) -> u64 {
 }
 
 impl Core {
-    /// Builds the core from the configuration and the store's current contents;
-    /// `local` describes the bound listeners and `wire` sends.
+    /// Builds the core from the configuration and the state it starts from; changes
+    /// go to `persist`, `local` describes the bound listeners and `wire` sends.
     pub fn new(
         cfg: &NodeConfig,
-        store: Arc<Store>,
+        state: InitialState,
+        persist: Box<dyn Persist>,
         local: Local,
         wire: Box<dyn Wire>,
         metrics: Arc<Metrics>,
-    ) -> Result<Core, crate::store::StoreError> {
+    ) -> Core {
         let timers = TimerConfig {
             t1: Duration::from_millis(cfg.sip.t1_ms),
             t2: Duration::from_millis(cfg.sip.t2_ms),
@@ -379,11 +403,11 @@ impl Core {
                 ..DigestConfig::default()
             },
         });
-        for (aor, b) in store.bindings()? {
+        for (aor, b) in state.bindings {
             registrar.bindings.restore(&aor, b);
         }
-        let directory = Directory::new(store.extensions()?);
-        Ok(Core {
+        let directory = Directory::new(state.extensions);
+        Core {
             txn: TransactionLayer::with_limit(timers, cfg.sip.max_transactions),
             registrar,
             directory,
@@ -391,7 +415,9 @@ impl Core {
                 ring_timeout: Duration::from_secs(cfg.calls.ring_timeout_secs),
                 max_calls: cfg.calls.max_calls,
             }),
-            store,
+            persist,
+            next_write: 0,
+            waiting: crate::FastMap::default(),
             local,
             wire,
             outbox: Vec::new(),
@@ -401,15 +427,26 @@ impl Core {
             pending_bindings: Vec::new(),
             held: Vec::new(),
             max_queue_delay: Duration::from_millis(cfg.sip.max_queue_delay_ms),
-        })
+        }
     }
 
     /// Runs until the TCP inbound queue closes: reads the UDP sockets itself through
-    /// `udp`, takes TCP messages from `rx`, and fires timers. Everything already queued
+    /// `udp`, takes TCP messages from `rx`, learns of finished writes from `written`
+    /// (when its [`Persist`] answers later), and fires timers. Everything already queued
     /// is handled, a chunk at a time, before timers get a turn and before it sleeps.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut udp: Option<UdpIngress>) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut udp: Option<UdpIngress>,
+        mut written: Option<mpsc::UnboundedReceiver<Completion>>,
+    ) {
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
+            if let Some(w) = written.as_mut() {
+                while let Ok((id, result)) = w.try_recv() {
+                    self.on_written(id, result, Instant::now());
+                }
+            }
             let started = Instant::now();
             let mut handled = 0;
             let mut uncommitted = 0;
@@ -469,10 +506,21 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            let completion = async {
+                match written.as_mut() {
+                    Some(w) => w.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => chunk.push(m),
                     None => return,
+                },
+                c = completion => match c {
+                    Some((id, result)) => self.on_written(id, result, Instant::now()),
+                    // Every sender is gone: nothing more will complete.
+                    None => written = None,
                 },
                 _ = udp_ready => {}
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
@@ -504,7 +552,7 @@ impl Core {
             self.next_sweep = Some(now + Duration::from_secs(1));
             let changes = self.registrar.bindings.sweep(unix_now(SystemTime::now()));
             let cmds: Vec<Command> = changes.into_iter().map(binding_command).collect();
-            self.write_bindings(&cmds);
+            self.write_bindings(cmds);
         }
         self.wire.send_all(&mut self.outbox);
     }
@@ -749,20 +797,46 @@ impl Core {
         self.held.push((key, outcome.response, refusal));
     }
 
-    /// Writes the binding changes of the messages handled since the last commit in one
-    /// store batch, releases the responses that promised them, and sends everything
-    /// queued since the last commit.
+    /// Starts one write for the binding changes of the messages handled since the last
+    /// commit, releases the responses that promised them as soon as it is done, and sends
+    /// everything queued since the last commit.
     pub fn commit(&mut self, now: Instant) {
         if !self.held.is_empty() || !self.pending_bindings.is_empty() {
-            self.release_held(now);
+            let cmds = std::mem::take(&mut self.pending_bindings);
+            let held = std::mem::take(&mut self.held);
+            self.next_write += 1;
+            let id = self.next_write;
+            match self.persist.write(id, cmds) {
+                Written::Done(result) => self.release(held, result, now),
+                Written::Pending => {
+                    self.waiting.insert(id, held);
+                }
+            }
         }
         self.wire.send_all(&mut self.outbox);
     }
 
-    fn release_held(&mut self, now: Instant) {
-        let cmds = std::mem::take(&mut self.pending_bindings);
-        let ok = self.write_bindings(&cmds);
-        let held = std::mem::take(&mut self.held);
+    /// A write that was [`Written::Pending`] finished.
+    pub fn on_written(&mut self, id: WriteId, result: WriteResult, now: Instant) {
+        match self.waiting.remove(&id) {
+            Some(held) => self.release(held, result, now),
+            None => {
+                if let Err(e) = result {
+                    self.metrics.inc(&self.metrics.store_errors);
+                    tracing::error!(error = %e, "write failed");
+                }
+            }
+        }
+        self.wire.send_all(&mut self.outbox);
+    }
+
+    /// Sends the held REGISTER answers: the 200s if their write succeeded, else 500.
+    fn release(&mut self, held: Vec<Held>, result: WriteResult, now: Instant) {
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            self.metrics.inc(&self.metrics.store_errors);
+            tracing::error!(error = %e, "binding write failed");
+        }
         let mut ctx = ctx!(self, now);
         for (key, response, refusal) in held {
             ctx.respond(&key, if ok { response } else { refusal });
@@ -770,18 +844,14 @@ impl Core {
         self.flush(now);
     }
 
-    /// Writes binding changes; false if the store refused them.
-    fn write_bindings(&mut self, cmds: &[Command]) -> bool {
+    /// Writes binding changes that no answer waits for (expiry).
+    fn write_bindings(&mut self, cmds: Vec<Command>) {
         if cmds.is_empty() {
-            return true;
+            return;
         }
-        match self.store.apply_all(cmds) {
-            Ok(()) => true,
-            Err(e) => {
-                self.metrics.inc(&self.metrics.store_errors);
-                tracing::error!(error = %e, "binding write failed");
-                false
-            }
+        if let Written::Done(Err(e)) = self.persist.write(0, cmds) {
+            self.metrics.inc(&self.metrics.store_errors);
+            tracing::error!(error = %e, "binding write failed");
         }
     }
 

@@ -1,8 +1,9 @@
 //! Starting a node: store, first-start seeding, transports and the SIP core.
 
 use crate::config::NodeConfig;
-use crate::core::{Core, Local};
+use crate::core::{Core, InitialState, Local};
 use crate::metrics::Metrics;
+use crate::persist::LocalStore;
 use crate::routing::PbxSeed;
 use crate::sip::transport::{TransportConfig, Transports};
 use crate::store::{Command, Store};
@@ -90,13 +91,18 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         transports.tcp_addrs.clone(),
     );
     let udp = transports.udp_ingress();
+    let state = InitialState {
+        bindings: store.bindings()?,
+        extensions: store.extensions()?,
+    };
     let core = Core::new(
         &cfg,
-        store.clone(),
+        state,
+        Box::new(LocalStore(store.clone())),
         local,
         Box::new(transports),
         metrics.clone(),
-    )?;
+    );
     if cfg.admin.enabled {
         let state = Arc::new(crate::admin::AdminState {
             node_id: cfg.node.id,
@@ -123,7 +129,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         }
     });
     tokio::select! {
-        _ = core.run(rx, Some(udp)) => {}
+        _ = core.run(rx, Some(udp), None) => {}
         _ = shutdown_signal() => tracing::info!("stopping"),
     }
     Ok(())

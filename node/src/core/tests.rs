@@ -6,6 +6,7 @@ use crate::calls::cdr::{Cdr, Disposition};
 use crate::registrar::Binding;
 use crate::routing::Extension;
 use crate::sip::message::parse;
+use crate::store::Store;
 use std::sync::Mutex;
 
 type Sent = Arc<Mutex<Vec<(Peer, Bytes)>>>;
@@ -83,14 +84,18 @@ impl Harness {
             vec!["127.0.0.1:5060".parse().unwrap()],
             vec!["127.0.0.1:5060".parse().unwrap()],
         );
+        let state = InitialState {
+            bindings: store.bindings().unwrap(),
+            extensions: store.extensions().unwrap(),
+        };
         let core = Core::new(
             &cfg,
-            store.clone(),
+            state,
+            Box::new(crate::persist::LocalStore(store.clone())),
             local,
             Box::new(Recorder(sent.clone())),
             Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        );
         Harness {
             core,
             sent,
@@ -635,4 +640,98 @@ fn register_without_credentials_is_challenged_with_no_transaction() {
     let req = register("1002", 4, "").replace("Max-Forwards: 70", "Max-Forwards: 0");
     h.recv_text(B1, &req, 43_000);
     assert!(find(&h.take(), B1, |m| is_status(m, 483)).is_some());
+}
+
+/// The writes a [`Deferred`] store was asked for.
+type Asked = Arc<Mutex<Vec<(WriteId, Vec<Command>)>>>;
+
+/// A store that answers later, like a cluster: records what it was asked to write.
+struct Deferred(Asked);
+
+impl Persist for Deferred {
+    fn write(&mut self, id: WriteId, cmds: Vec<Command>) -> Written {
+        self.0.lock().unwrap().push((id, cmds));
+        Written::Pending
+    }
+}
+
+#[test]
+fn register_answers_wait_for_a_write_that_completes_later() {
+    let mut h = Harness::new(&[]);
+    let asked: Asked = Arc::default();
+    h.core.persist = Box::new(Deferred(asked.clone()));
+    // Extension 1001 is trusted from 127.0.0.1 for calls, but REGISTER needs digest:
+    // take the challenge, answer it, and see the 200 wait for the write.
+    let (user, pw) = ("1002", "pw1002");
+    h.recv_text(B1, &register(user, 1, ""), 0);
+    let out = h.take();
+    let www = find(&out, B1, |m| is_status(m, 401))
+        .expect("401")
+        .headers
+        .get_all("WWW-Authenticate")
+        .find(|v| v.contains("MD5"))
+        .expect("MD5 offered")
+        .to_string();
+    let param = |name: &str| {
+        let start = www.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        www[start..start + www[start..].find('"').unwrap()].to_string()
+    };
+    let auth = |cseq: u32, nc: &str| {
+        use crate::registrar::digest::{response_hex, Algorithm, QopParams, ResponseParams};
+        let nonce = param("nonce");
+        let response = response_hex(&ResponseParams {
+            algorithm: Algorithm::Md5,
+            username: user,
+            realm: "softswitch",
+            password: pw,
+            method: "REGISTER",
+            uri: "sip:127.0.0.1:5060",
+            nonce: &nonce,
+            qop: Some(QopParams {
+                qop: "auth",
+                nc,
+                cnonce: "abc",
+            }),
+        });
+        register(
+            user,
+            cseq,
+            &format!(
+                "Authorization: Digest username=\"{user}\",realm=\"softswitch\",nonce=\"{nonce}\",\
+uri=\"sip:127.0.0.1:5060\",response=\"{response}\",algorithm=MD5,qop=auth,nc={nc},cnonce=\"abc\",\
+opaque=\"{}\"\r\n",
+                param("opaque")
+            ),
+        )
+    };
+    h.recv_text(B1, &auth(2, "00000001"), 10);
+    assert!(
+        h.take().is_empty(),
+        "nothing is answered before the write is done"
+    );
+    let (id, cmds) = asked.lock().unwrap().pop().expect("a write was started");
+    assert!(matches!(&cmds[..], [Command::PutBinding { aor, .. }] if aor == user));
+    // A retransmission meanwhile is absorbed by the transaction.
+    h.recv_text(B1, &auth(2, "00000001"), 20);
+    assert!(h.take().is_empty());
+    h.core.on_written(id, Ok(()), h.at(30));
+    let out = h.take();
+    assert!(find(&out, B1, |m| is_status(m, 200)).is_some(), "{out:?}");
+
+    // A refresh that changes nothing needs no write: answered at once.
+    h.recv_text(B1, &auth(3, "00000002"), 35);
+    assert!(find(&h.take(), B1, |m| is_status(m, 200)).is_some());
+    assert!(asked.lock().unwrap().is_empty());
+
+    // A failed write answers 500 with Retry-After instead.
+    let new_contact = auth(4, "00000003").replace(
+        &format!("Contact: <sip:{user}@127.0.0.1:{B1}>"),
+        &format!("Contact: <sip:{user}@127.0.0.1:{B2}>"),
+    );
+    h.recv_text(B1, &new_contact, 40);
+    let (id, _) = asked.lock().unwrap().pop().expect("second write");
+    h.core.on_written(id, Err("no quorum".into()), h.at(50));
+    let out = h.take();
+    let r = find(&out, B1, |m| is_status(m, 500)).expect("500");
+    assert_eq!(r.headers.get("Retry-After"), Some("5"));
 }
