@@ -5,7 +5,8 @@
 use consensus::net::{ClusterCa, QuicClient, QuicServer};
 use consensus::{Config, Consensus, Member};
 use node::calls::cdr::{Cdr, Disposition};
-use node::cluster::ReplicatedState;
+use node::cluster::{ClusterPersist, ReplicatedState};
+use node::persist::{Persist, Written};
 use node::registrar::Binding;
 use node::routing::Extension;
 use node::sip::{Peer, Transport};
@@ -37,6 +38,14 @@ fn cdr(id: &str) -> Cdr {
         sip_status: 480,
         hangup_by: None,
     }
+}
+
+fn leader_node_applied(nodes: &[ClusterMember], leader: u64) -> u64 {
+    nodes
+        .iter()
+        .find(|n| n.id() == leader)
+        .and_then(|n| n.applied_index())
+        .expect("the leader has applied")
 }
 
 async fn wait_applied(node: &ClusterMember, index: u64) {
@@ -157,6 +166,48 @@ async fn commands_written_on_a_follower_are_read_back_on_every_member() {
         let next = n.read(|db| store::next_cdr_number(db).unwrap()).unwrap();
         assert_eq!(next, 3, "same CDR numbering on node {}", n.id());
     }
+
+    // The core's write path: a ClusterPersist on a follower proposes one batch and
+    // reports its outcome on the completion channel.
+    let follower_id = follower.id();
+    let idx = nodes.iter().position(|n| n.id() == follower_id).unwrap();
+    let shared = std::sync::Arc::new(nodes.remove(idx));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut persist = ClusterPersist::new(shared.clone(), tx);
+    let second = Binding {
+        contact: "sip:1001@10.0.0.6:5060".into(),
+        ..binding.clone()
+    };
+    let w = persist.write(
+        42,
+        vec![
+            Command::PutBinding {
+                aor: "1001".into(),
+                binding: second,
+            },
+            Command::AppendCdr(cdr("c3")),
+        ],
+    );
+    assert!(matches!(w, Written::Pending));
+    let (id, result) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("completion in time")
+        .expect("a completion");
+    assert_eq!(id, 42);
+    assert_eq!(result, Ok(()));
+    let target = leader_node_applied(&nodes, leader);
+    for n in nodes.iter().chain(std::iter::once(&*shared)) {
+        wait_applied(n, target).await;
+        let (binds, cdrs) = n
+            .read(|db| (store::bindings(db).unwrap(), store::cdrs(db).unwrap()))
+            .unwrap();
+        assert_eq!(binds.len(), 2, "both contacts on node {}", n.id());
+        assert_eq!(cdrs.len(), 3);
+    }
+    drop(persist);
+    let shared = std::sync::Arc::try_unwrap(shared).ok().expect("last user");
+    nodes.push(shared);
+
     for s in servers {
         s.shutdown().await;
     }

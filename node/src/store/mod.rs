@@ -44,6 +44,9 @@ pub enum Command {
     AppendCdr(Cdr),
     /// Record that the PBX seed was loaded, so it is never loaded twice.
     MarkSeeded,
+    /// Several commands applied atomically: one replicated log entry for the binding
+    /// changes of many REGISTERs.
+    Batch(Vec<Command>),
 }
 
 /// Store failures.
@@ -206,8 +209,24 @@ pub fn stage(
     cmds: &[Command],
     next_cdr: &mut u64,
 ) -> Result<(), StoreError> {
+    let cdrs_before = *next_cdr;
+    stage_each(db, batch, cmds, next_cdr)?;
+    if *next_cdr != cdrs_before {
+        let meta = db
+            .cf_handle(CF_META)
+            .ok_or(StoreError::MissingCf(CF_META))?;
+        batch.put_cf(meta, KEY_NEXT_CDR, next_cdr.to_be_bytes());
+    }
+    Ok(())
+}
+
+fn stage_each(
+    db: &DB,
+    batch: &mut WriteBatch,
+    cmds: &[Command],
+    next_cdr: &mut u64,
+) -> Result<(), StoreError> {
     let cf = |name: &'static str| db.cf_handle(name).ok_or(StoreError::MissingCf(name));
-    let mut cdrs = false;
     for cmd in cmds {
         match cmd {
             Command::UpsertExtension(e) => batch.put_cf(cf(CF_EXTENSIONS)?, &e.number, encode(e)),
@@ -223,13 +242,10 @@ pub fn stage(
             Command::AppendCdr(c) => {
                 batch.put_cf(cf(CF_CDRS)?, next_cdr.to_be_bytes(), encode(c));
                 *next_cdr += 1;
-                cdrs = true;
             }
             Command::MarkSeeded => batch.put_cf(cf(CF_META)?, KEY_SEEDED, b"1"),
+            Command::Batch(inner) => stage_each(db, batch, inner, next_cdr)?,
         }
-    }
-    if cdrs {
-        batch.put_cf(cf(CF_META)?, KEY_NEXT_CDR, next_cdr.to_be_bytes());
     }
     Ok(())
 }
@@ -323,5 +339,15 @@ mod tests {
         assert_eq!(sec.extensions().unwrap()[0].number, "1001");
         s.apply(&Command::DeleteExtension("1001".into())).unwrap();
         assert!(s.extensions().unwrap().is_empty());
+
+        // A batch applies its commands in order, nested CDRs numbered after the others.
+        s.apply(&Command::Batch(vec![
+            Command::AppendCdr(cdr("c3")),
+            Command::Batch(vec![Command::AppendCdr(cdr("c4"))]),
+        ]))
+        .unwrap();
+        let ids: Vec<String> = s.cdrs().unwrap().into_iter().map(|c| c.call_id).collect();
+        assert_eq!(ids, ["c1", "c2", "c3", "c4"]);
+        assert_eq!(next_cdr_number(&s.db).unwrap(), 5);
     }
 }
