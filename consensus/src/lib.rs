@@ -6,6 +6,7 @@
 // openraft's traits fix the (large) StorageError and RaftError types our glue returns.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod app;
 pub mod cluster;
 pub mod error;
