@@ -1,7 +1,7 @@
 //! The API the rest of the system sees: start a member, propose commands from any node,
 //! change membership, read linearizably, and watch the node's role and progress.
 
-use crate::admin::{forward_to, AdminAnswer, AdminRequest, LeaderOps};
+use crate::admin::{call_at, forward_to, AdminAnswer, AdminRequest, LeaderOps};
 use crate::app::App;
 use crate::error::{AdminError, LeaderHint, ProposeError, ShutdownError, StartError};
 use crate::handler::RaftHandler;
@@ -255,6 +255,17 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
                 waited: wait,
             }),
         }
+    }
+
+    /// Sends `req` to the member at `addr` and follows its leader hints: for a node that
+    /// does not know the cluster yet (one joining it).
+    pub(crate) async fn admin_at(
+        &self,
+        addr: std::net::SocketAddr,
+        req: AdminRequest,
+    ) -> Result<AdminAnswer, AdminError> {
+        let wait = self.ops.budget(&req) + FORWARD_GRACE;
+        call_at(&*self.client, addr, &req, wait).await
     }
 
     /// Runs `req` where the leader is: here, or forwarded one hop. Retries while the
