@@ -1,6 +1,7 @@
 //! The API the rest of the system sees: start a member, propose commands from any node,
 //! change membership, read linearizably, and watch the node's role and progress.
 
+use crate::admin::{call_at, forward_to, AdminAnswer, AdminRequest, LeaderOps};
 use crate::app::App;
 use crate::error::{AdminError, LeaderHint, ProposeError, ShutdownError, StartError};
 use crate::handler::RaftHandler;
@@ -10,7 +11,7 @@ use crate::status::{self, Status};
 use crate::storage::{DbHandle, Store};
 use crate::types::{Member, NodeId, Payload, Raft};
 use crate::wire::{self, ForwardedWrite, WriteRejection, WriteReply};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::path::Path;
@@ -18,6 +19,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// Extra time a forwarder waits beyond the leader's own bound, so the leader's answer
+/// ("no quorum", ...) arrives before the forwarder gives up and reports an unknown outcome.
+const FORWARD_GRACE: Duration = Duration::from_secs(5);
 
 /// Timing and log compaction settings.
 #[derive(Debug, Clone)]
@@ -88,6 +93,7 @@ pub struct Consensus<A: App, C: RpcClient> {
     id: NodeId,
     member: Member,
     raft: Raft,
+    ops: LeaderOps,
     client: Arc<C>,
     config: Config,
     status: watch::Receiver<Status>,
@@ -134,10 +140,17 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let status = status::track(raft.metrics(), committed);
+        let ops = LeaderOps::new(
+            raft.clone(),
+            status.clone(),
+            config.admin_timeout,
+            config.propose_timeout,
+        );
         Ok(Consensus {
             id,
             member,
             raft,
+            ops,
             client,
             config,
             status,
@@ -159,7 +172,11 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
 
     /// The handler to give to the transport, answering peers' Raft RPCs and forwarded proposals.
     pub fn handler(&self) -> RaftHandler {
-        RaftHandler::new(self.raft.clone(), self.config.propose_timeout)
+        RaftHandler::new(
+            self.raft.clone(),
+            self.config.propose_timeout,
+            self.ops.clone(),
+        )
     }
 
     /// Creates the cluster with `members` as its voters (call once, on one node).
@@ -175,40 +192,117 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
     }
 
     /// Adds a non-voting member and waits until it has caught up (by log or snapshot).
-    /// Leader only.
+    /// Works on any member: followers forward to the leader.
     pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), AdminError> {
-        let wait = self.config.admin_timeout;
-        let res = tokio::time::timeout(wait, self.raft.add_learner(id, member, true)).await;
-        admin_result(res.map(|r| r.map(drop)), "adding the learner", wait)
+        self.admin(AdminRequest::AddLearner { id, member })
+            .await
+            .map(drop)
+    }
+
+    /// Adds a member as a learner, waits until it has caught up, then makes it a voter.
+    /// Works on any member.
+    pub async fn add_voter(&self, id: NodeId, member: Member) -> Result<(), AdminError> {
+        self.admin(AdminRequest::AddVoter { id, member })
+            .await
+            .map(drop)
     }
 
     /// Makes `voters` the voting members (learners among them are promoted; voters left
-    /// out are removed). Leader only.
+    /// out are removed). Works on any member.
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), AdminError> {
-        let wait = self.config.admin_timeout;
-        let res = tokio::time::timeout(wait, self.raft.change_membership(voters, false)).await;
-        admin_result(res.map(|r| r.map(drop)), "the membership change", wait)
+        self.admin(AdminRequest::ChangeMembership { voters })
+            .await
+            .map(drop)
     }
 
-    /// Waits until this node (the leader) has confirmed its leadership with a quorum and
-    /// applied everything committed before the call; reads after it are linearizable.
-    /// Returns the log index read at.
+    /// Removes node `id` (voter or learner) from the cluster. Works on any member.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), AdminError> {
+        self.admin(AdminRequest::RemoveNode { id }).await.map(drop)
+    }
+
+    /// The leader's status (with its replication progress), asked from any member.
+    /// [`Self::status`] is this node's own view, without a network round trip.
+    pub async fn cluster_status(&self) -> Result<Status, AdminError> {
+        match self.admin(AdminRequest::Status).await? {
+            AdminAnswer::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits until the leader has confirmed its leadership with a quorum and this node
+    /// has applied everything committed before the call; reads after it are
+    /// linearizable. Works on any member. Returns the log index read at.
     pub async fn read_barrier(&self) -> Result<Option<u64>, AdminError> {
+        let index = match self.admin(AdminRequest::ReadBarrier).await? {
+            AdminAnswer::ReadIndex(index) => index,
+            other => return Err(unexpected(other)),
+        };
+        let Some(index) = index else { return Ok(None) };
+        // On a follower the leader's read index may not be applied here yet.
         let wait = self.config.propose_timeout;
-        match tokio::time::timeout(wait, self.raft.ensure_linearizable()).await {
-            Ok(Ok(id)) => Ok(id.map(|id| id.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(AdminError::NotLeader(LeaderHint {
-                    leader: f.leader_id.zip(f.leader_node),
-                }))
+        let mut status = self.status.clone();
+        let applied = async {
+            status
+                .wait_for(|s| s.applied.is_some_and(|a| a >= index))
+                .await
+                .map(drop)
+        };
+        match tokio::time::timeout(wait, applied).await {
+            Ok(Ok(())) => Ok(Some(index)),
+            Ok(Err(_)) => Err(AdminError::Stopped),
+            Err(_) => Err(AdminError::NoQuorum {
+                what: "applying up to the read index",
+                waited: wait,
+            }),
+        }
+    }
+
+    /// Sends `req` to the member at `addr` and follows its leader hints: for a node that
+    /// does not know the cluster yet (one joining it).
+    pub(crate) async fn admin_at(
+        &self,
+        addr: std::net::SocketAddr,
+        req: AdminRequest,
+    ) -> Result<AdminAnswer, AdminError> {
+        let wait = self.ops.budget(&req) + FORWARD_GRACE;
+        call_at(&*self.client, addr, &req, wait).await
+    }
+
+    /// Runs `req` where the leader is: here, or forwarded one hop. Retries while the
+    /// leader is unknown or moving, until the operation's bound.
+    async fn admin(&self, req: AdminRequest) -> Result<AdminAnswer, AdminError> {
+        let budget = self.ops.budget(&req);
+        let deadline = Instant::now() + budget;
+        let mut status = self.status.clone();
+        loop {
+            let leader = {
+                let s = status.borrow_and_update();
+                s.leader.map(|id| (id, s.members.get(&id).cloned()))
+            };
+            let res = match leader {
+                Some((id, _)) if id == self.id => self.ops.execute(req.clone()).await,
+                Some((id, Some(m))) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    forward_to(
+                        &*self.client,
+                        Some(id),
+                        m.raft_addr,
+                        &req,
+                        left + FORWARD_GRACE,
+                    )
+                    .await
+                }
+                // A leader outside the membership we know: our view is stale, wait for news.
+                Some(_) | None => Err(AdminError::NotLeader(LeaderHint { leader: None })),
+            };
+            let Err(AdminError::NotLeader(hint)) = res else {
+                return res;
+            };
+            match tokio::time::timeout_at(deadline, status.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(AdminError::Stopped),
+                Err(_) => return Err(AdminError::NotLeader(hint)),
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
-                Err(AdminError::NoQuorum {
-                    what: "the read barrier",
-                    waited: wait,
-                })
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(AdminError::Stopped),
         }
     }
 
@@ -366,25 +460,8 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
     }
 }
 
-/// A membership change's outcome, or the timeout around it.
-type AdminOutcome<E> = Result<Result<(), RaftError<NodeId, ClientWriteError<NodeId, Member>>>, E>;
-
-fn admin_result<E>(
-    res: AdminOutcome<E>,
-    what: &'static str,
-    waited: Duration,
-) -> Result<(), AdminError> {
-    match res {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(AdminError::NotLeader(LeaderHint {
-                leader: f.leader_id.zip(f.leader_node),
-            }))
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(AdminError::Rejected(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(_))) => Err(AdminError::Stopped),
-        Err(_) => Err(AdminError::NoQuorum { what, waited }),
-    }
+fn unexpected(answer: AdminAnswer) -> AdminError {
+    AdminError::Rejected(format!(
+        "unexpected answer {answer:?}; are all nodes on the same version?"
+    ))
 }

@@ -3,6 +3,7 @@
 use crate::storage::StoreError;
 use crate::types::{Member, NodeId};
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Starting consensus failed.
@@ -98,6 +99,25 @@ pub enum AdminError {
     /// Raft is stopped on this node.
     #[error("consensus is stopped on this node; restart it")]
     Stopped,
+    /// The operation had to run on the leader, and sending it there failed.
+    #[error("{what}: forwarding to the leader ({}) at {addr} failed: {reason}; check that node is up, or run the command on the leader", leader_name(.leader))]
+    Forward {
+        /// The operation.
+        what: &'static str,
+        /// The leader it was sent to, if known.
+        leader: Option<NodeId>,
+        /// Where it was sent.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+}
+
+fn leader_name(leader: &Option<NodeId>) -> String {
+    match leader {
+        Some(id) => format!("node {id}"),
+        None => "unknown id".into(),
+    }
 }
 
 /// Shutdown did not complete.

@@ -1,6 +1,7 @@
 //! openraft's network, server side: answers the transport's requests by calling the local
 //! Raft, and applies proposals forwarded by followers.
 
+use crate::admin::{AdminReply, AdminRequest, LeaderOps};
 use crate::rpc::{PeerIdentity, RpcHandler, RpcKind};
 use crate::types::Raft;
 use crate::wire::{self, ForwardedWrite, WriteRejection, WriteReply};
@@ -12,14 +13,25 @@ use std::time::Duration;
 pub struct RaftHandler {
     raft: Raft,
     propose_timeout: Duration,
+    ops: LeaderOps,
 }
 
 impl RaftHandler {
-    pub(crate) fn new(raft: Raft, propose_timeout: Duration) -> RaftHandler {
+    pub(crate) fn new(raft: Raft, propose_timeout: Duration, ops: LeaderOps) -> RaftHandler {
         RaftHandler {
             raft,
             propose_timeout,
+            ops,
         }
+    }
+
+    /// Runs an admin operation here, never forwarding it again (one hop): a follower
+    /// answers "not the leader" with its hint and the sender retries there.
+    async fn admin(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let req: AdminRequest =
+            wire::decode(payload).map_err(|e| format!("bad admin request: {e}"))?;
+        let reply: AdminReply = self.ops.execute(req).await.map_err(Into::into);
+        wire::encode(&reply).map_err(|e| e.to_string())
     }
 
     async fn client_write(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
@@ -62,24 +74,27 @@ impl RpcHandler for RaftHandler {
             ));
         }
         let bad = |e: serde_json::Error| format!("undecodable {kind:?} request: {e}");
-        let reply = match kind {
-            RpcKind::AppendEntries => {
-                let req = wire::decode(&payload).map_err(bad)?;
-                wire::encode(&self.raft.append_entries(req).await)
-            }
-            RpcKind::Vote => {
-                let req = wire::decode(&payload).map_err(bad)?;
-                wire::encode(&self.raft.vote(req).await)
-            }
-            RpcKind::InstallSnapshot => {
-                let req = wire::decode_chunk(&payload)?;
-                wire::encode(&self.raft.install_snapshot(req).await)
-            }
-            RpcKind::ClientWrite => return self.client_write(&payload).await,
-            RpcKind::Join | RpcKind::Admin => {
-                return Err(format!("{kind:?} is not served by the Raft handler"))
-            }
-        };
+        let reply =
+            match kind {
+                RpcKind::AppendEntries => {
+                    let req = wire::decode(&payload).map_err(bad)?;
+                    wire::encode(&self.raft.append_entries(req).await)
+                }
+                RpcKind::Vote => {
+                    let req = wire::decode(&payload).map_err(bad)?;
+                    wire::encode(&self.raft.vote(req).await)
+                }
+                RpcKind::InstallSnapshot => {
+                    let req = wire::decode_chunk(&payload)?;
+                    wire::encode(&self.raft.install_snapshot(req).await)
+                }
+                RpcKind::ClientWrite => return self.client_write(&payload).await,
+                RpcKind::Admin => return self.admin(&payload).await,
+                RpcKind::Join => return Err(
+                    "this node does not enroll new nodes: ask the node that issued the join token"
+                        .into(),
+                ),
+            };
         reply.map_err(|e| format!("could not encode the {kind:?} answer: {e}"))
     }
 }

@@ -2,13 +2,14 @@
 
 use crate::types::{Member, NodeId};
 use openraft::{RaftMetrics, ServerState};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What a node does in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     /// Receives the log, does not vote.
     Learner,
@@ -22,8 +23,9 @@ pub enum Role {
     Shutdown,
 }
 
-/// A node's view of the cluster and its own progress.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A node's view of the cluster and its own progress (also sent over
+/// [`RpcKind::Admin`](crate::rpc::RpcKind::Admin) when a member asks the leader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// This node.
     pub id: NodeId,

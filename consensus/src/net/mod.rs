@@ -6,4 +6,6 @@ pub mod quic;
 pub mod tls;
 
 pub use quic::{ClientOptions, NetError, QuicClient, QuicServer, ServerOptions, ALPN};
-pub use tls::{node_id_from_cert, ClusterCa, NodeIdentity, NodeKey, TlsError};
+pub use tls::{
+    load_ca_cert, node_id_from_cert, save_ca_cert, ClusterCa, NodeIdentity, NodeKey, TlsError,
+};

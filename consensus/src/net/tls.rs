@@ -362,6 +362,16 @@ impl NodeIdentity {
     }
 }
 
+/// Writes the CA certificate alone as `ca.crt` into `dir` (a member without the CA key).
+pub fn save_ca_cert(dir: &Path, cert_pem: &str) -> Result<(), TlsError> {
+    write_file(&dir.join(CA_CERT_FILE), cert_pem.as_bytes(), 0o644)
+}
+
+/// Reads the CA certificate (PEM) written by [`save_ca_cert`] or [`ClusterCa::save`].
+pub fn load_ca_cert(dir: &Path) -> Result<String, TlsError> {
+    read_file(&dir.join(CA_CERT_FILE))
+}
+
 /// The node id a certificate (DER) names in its `urn:softswitch:node:<id>` SAN URI.
 ///
 /// This does not verify the certificate: call it only on a chain the TLS layer has

@@ -1,0 +1,173 @@
+//! The operations as run on this node's Raft: they succeed on the leader and answer
+//! "not the leader" (with a hint) elsewhere. Never forwards: that is the caller's job.
+
+use super::{AdminAnswer, AdminRequest};
+use crate::error::{AdminError, LeaderHint};
+use crate::status::Status;
+use crate::types::{Member, NodeId, Raft};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// This node's Raft, seen as the place where admin operations run; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct LeaderOps {
+    raft: Raft,
+    status: watch::Receiver<Status>,
+    /// Bound of a membership change (a learner catching up included).
+    admin_timeout: Duration,
+    /// Bound of a read barrier.
+    read_timeout: Duration,
+}
+
+impl LeaderOps {
+    pub(crate) fn new(
+        raft: Raft,
+        status: watch::Receiver<Status>,
+        admin_timeout: Duration,
+        read_timeout: Duration,
+    ) -> LeaderOps {
+        LeaderOps {
+            raft,
+            status,
+            admin_timeout,
+            read_timeout,
+        }
+    }
+
+    /// How long `req` may take here, so a forwarder can wait a little longer than that.
+    pub(crate) fn budget(&self, req: &AdminRequest) -> Duration {
+        match req {
+            AdminRequest::ReadBarrier | AdminRequest::Status => self.read_timeout,
+            _ => self.admin_timeout,
+        }
+    }
+
+    /// Runs `req` on this node.
+    pub(crate) async fn execute(&self, req: AdminRequest) -> Result<AdminAnswer, AdminError> {
+        let deadline = Instant::now() + self.budget(&req);
+        match req {
+            AdminRequest::AddLearner { id, member } => {
+                self.add_learner(id, member, deadline).await?;
+            }
+            AdminRequest::AddVoter { id, member } => {
+                self.add_learner(id, member, deadline).await?;
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                self.change(change, "making the learner a voter", deadline)
+                    .await?;
+            }
+            AdminRequest::ChangeMembership { voters } => {
+                let change = ChangeMembers::ReplaceAllVoters(voters);
+                self.change(change, "the membership change", deadline)
+                    .await?;
+            }
+            AdminRequest::RemoveNode { id } => self.remove_node(id, deadline).await?,
+            AdminRequest::ReadBarrier => {
+                return self.read_barrier().await.map(AdminAnswer::ReadIndex)
+            }
+            AdminRequest::Status => return Ok(AdminAnswer::Status(self.status.borrow().clone())),
+        }
+        Ok(AdminAnswer::Done)
+    }
+
+    async fn add_learner(
+        &self,
+        id: NodeId,
+        member: Member,
+        deadline: Instant,
+    ) -> Result<(), AdminError> {
+        let res = tokio::time::timeout_at(deadline, self.raft.add_learner(id, member, true)).await;
+        outcome(
+            res.map(|r| r.map(drop)),
+            "adding the learner",
+            self.admin_timeout,
+        )
+    }
+
+    async fn change(
+        &self,
+        change: ChangeMembers<NodeId, Member>,
+        what: &'static str,
+        deadline: Instant,
+    ) -> Result<(), AdminError> {
+        // retain = false: a voter left out leaves the cluster instead of lingering as a
+        // learner that still receives the whole log.
+        let res =
+            tokio::time::timeout_at(deadline, self.raft.change_membership(change, false)).await;
+        outcome(res.map(|r| r.map(drop)), what, self.admin_timeout)
+    }
+
+    async fn remove_node(&self, id: NodeId, deadline: Instant) -> Result<(), AdminError> {
+        let (is_voter, is_member) = {
+            let s = self.status.borrow();
+            (s.voters.contains(&id), s.members.contains_key(&id))
+        };
+        let ids = BTreeSet::from([id]);
+        if is_voter {
+            self.change(
+                ChangeMembers::RemoveVoters(ids),
+                "removing the voter",
+                deadline,
+            )
+            .await
+        } else if is_member {
+            self.change(
+                ChangeMembers::RemoveNodes(ids),
+                "removing the learner",
+                deadline,
+            )
+            .await
+        } else {
+            Err(AdminError::Rejected(format!(
+                "node {id} is not a member; see the cluster status for the member ids"
+            )))
+        }
+    }
+
+    /// Confirms leadership with a quorum; answers the index to have applied for a
+    /// linearizable read.
+    pub(crate) async fn read_barrier(&self) -> Result<Option<u64>, AdminError> {
+        let wait = self.read_timeout;
+        match tokio::time::timeout(wait, self.raft.ensure_linearizable()).await {
+            Ok(Ok(id)) => Ok(id.map(|id| id.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(AdminError::NotLeader(LeaderHint {
+                    leader: f.leader_id.zip(f.leader_node),
+                }))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
+                Err(AdminError::NoQuorum {
+                    what: "the read barrier",
+                    waited: wait,
+                })
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(AdminError::Stopped),
+        }
+    }
+}
+
+/// A membership change's outcome, or the timeout around it.
+type ChangeOutcome<E> = Result<Result<(), RaftError<NodeId, ClientWriteError<NodeId, Member>>>, E>;
+
+fn outcome<E>(
+    res: ChangeOutcome<E>,
+    what: &'static str,
+    waited: Duration,
+) -> Result<(), AdminError> {
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(AdminError::NotLeader(LeaderHint {
+                leader: f.leader_id.zip(f.leader_node),
+            }))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(AdminError::Rejected(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(_))) => Err(AdminError::Stopped),
+        Err(_) => Err(AdminError::NoQuorum { what, waited }),
+    }
+}
