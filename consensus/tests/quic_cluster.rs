@@ -285,6 +285,16 @@ async fn reused_forged_and_expired_tokens_are_refused() {
         }
         assert!(!has_identity(&data_dir), "{name}: no identity is saved");
     }
+    // Keys are readable by their owner only.
+    for file in ["n1/tls/ca.key", "n1/tls/node.key", "n2/tls/node.key"] {
+        let mode = std::fs::metadata(root.path().join(file)).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    assert!(
+        !root.path().join("n2/tls/ca.key").exists(),
+        "only the issuer holds the CA key"
+    );
     // A token text that is not one at all is refused before any network.
     let garbled = "ssjoin1.not-a-token".parse::<JoinToken>().unwrap_err();
     assert!(garbled.to_string().contains("switchctl cluster token"));

@@ -3,7 +3,7 @@
 
 use super::{AdminAnswer, AdminRequest};
 use crate::error::{AdminError, LeaderHint};
-use crate::status::Status;
+use crate::status::{Role, Status};
 use crate::types::{Member, NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -68,9 +68,22 @@ impl LeaderOps {
             AdminRequest::ReadBarrier => {
                 return self.read_barrier().await.map(AdminAnswer::ReadIndex)
             }
-            AdminRequest::Status => return Ok(AdminAnswer::Status(self.status.borrow().clone())),
+            AdminRequest::Status => return self.leader_status().map(AdminAnswer::Status),
         }
         Ok(AdminAnswer::Done)
+    }
+
+    /// This node's status if it leads; otherwise "not the leader", so a sender with a
+    /// stale view asks the real leader instead of reporting a follower's view.
+    fn leader_status(&self) -> Result<Status, AdminError> {
+        let s = self.status.borrow();
+        if s.role == Role::Leader {
+            return Ok(s.clone());
+        }
+        let leader = s
+            .leader
+            .and_then(|id| s.members.get(&id).map(|m| (id, m.clone())));
+        Err(AdminError::NotLeader(LeaderHint { leader }))
     }
 
     async fn add_learner(
