@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub pbx: PbxSection,
     /// `[admin]`: the HTTP listener for operators and `switchctl`.
     pub admin: AdminSection,
+    /// `[cluster]`: Raft replication between nodes.
+    pub cluster: ClusterSection,
     /// `[log]`: logging.
     pub log: LogSection,
 }
@@ -208,18 +210,58 @@ impl Default for AdminSection {
     }
 }
 
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Replicate through Raft (default true). When false the node keeps its state in
+    /// its own store only, as a standalone PBX.
+    pub enabled: bool,
+    /// Start a new one-node cluster on first start when this node has not joined one
+    /// (default true, what `make run` does). Nodes meant to join an existing cluster
+    /// set it to false and wait for `switchctl cluster join`.
+    pub bootstrap: bool,
+    /// QUIC listen address for Raft between nodes (default `127.0.0.1:7000`; a cluster
+    /// across hosts listens on an address the other members reach).
+    pub raft_listen: SocketAddr,
+    /// Leader heartbeat interval (default 50 ms).
+    pub heartbeat_ms: u64,
+    /// Election timeout, lower bound (default 150 ms).
+    pub election_timeout_min_ms: u64,
+    /// Election timeout, upper bound (default 300 ms).
+    pub election_timeout_max_ms: u64,
+    /// Applied entries between snapshots (default 10000).
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            enabled: true,
+            bootstrap: true,
+            raft_listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
-    /// tracing filter, e.g. `info` or `node=debug` (default `info`; `RUST_LOG` overrides).
+    /// tracing filter, e.g. `info` or `node=debug` (default `info,openraft=warn`;
+    /// `RUST_LOG` overrides).
     pub level: String,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
         LogSection {
-            level: "info".into(),
+            // openraft narrates every election and membership step at info.
+            level: "info,openraft=warn".into(),
         }
     }
 }
@@ -258,6 +300,25 @@ impl NodeConfig {
                 reason: reason.to_string(),
             })
         };
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 {
+            return bad("cluster.heartbeat_ms", "must be positive");
+        }
+        if c.election_timeout_min_ms <= c.heartbeat_ms {
+            return bad(
+                "cluster.election_timeout_min_ms",
+                "must be above cluster.heartbeat_ms, or followers time out between heartbeats",
+            );
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return bad(
+                "cluster.election_timeout_max_ms",
+                "must be above cluster.election_timeout_min_ms",
+            );
+        }
+        if c.snapshot_every == 0 {
+            return bad("cluster.snapshot_every", "must be positive");
+        }
         if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
             return bad("sip.udp", "no UDP or TCP listener configured");
         }
@@ -371,5 +432,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("registrar.algorithms"), "{e}");
+        let e = NodeConfig::from_toml("[cluster]\nelection_timeout_min_ms = 40\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster.election_timeout_min_ms"), "{e}");
+        let e = NodeConfig::from_toml("[cluster]\nraft_listen = \"here\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raft_listen"), "{e}");
+        let e = NodeConfig::from_toml("[admin]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn cluster_and_admin_defaults() {
+        let c = NodeConfig::from_toml("").unwrap();
+        assert!(c.cluster.enabled && c.cluster.bootstrap);
+        assert_eq!(c.cluster.raft_listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(
+            (
+                c.cluster.heartbeat_ms,
+                c.cluster.election_timeout_min_ms,
+                c.cluster.election_timeout_max_ms
+            ),
+            (50, 150, 300)
+        );
+        assert_eq!(c.admin.listen, "127.0.0.1:8060".parse().unwrap());
     }
 }

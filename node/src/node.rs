@@ -1,13 +1,16 @@
-//! Starting a node: store, first-start seeding, transports and the SIP core.
+//! Starting a node: its state (own store or cluster member), first-start seeding,
+//! transports and the SIP core.
 
+use crate::cluster::{ClusterPersist, ReplicatedState};
 use crate::config::NodeConfig;
-use crate::core::{Core, InitialState, Local};
+use crate::core::{Completion, Core, InitialState, Local};
 use crate::metrics::Metrics;
-use crate::persist::LocalStore;
+use crate::persist::{LocalStore, Persist};
 use crate::routing::PbxSeed;
 use crate::sip::transport::{TransportConfig, Transports};
-use crate::store::{Command, Store};
+use crate::store::{self, Command, Store};
 use anyhow::Context;
+use consensus::join::{init_cluster, open_member, JoinError, QuicConsensus, RunningNode};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,34 +22,187 @@ pub const DEMO_CREDENTIALS: &str = "demo-credentials.txt";
 /// Opens the store under `data_dir/store`, loading the PBX seed on first start.
 pub fn open_store(cfg: &NodeConfig) -> anyhow::Result<Store> {
     let dir = &cfg.node.data_dir;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    create_data_dir(cfg)?;
     let store = Store::open(&dir.join("store"))
         .with_context(|| format!("cannot open the store in {}", dir.display()))?;
     if !store.is_seeded()? {
-        let seed = match &cfg.pbx.seed {
-            Some(path) => PbxSeed::load(path)?,
-            None => {
-                let (seed, text) = PbxSeed::demo();
-                write_private(&dir.join(DEMO_CREDENTIALS), &text)?;
-                println!(
-                    "First start: demo PBX created with extensions 1001-1010.\n\
-                     Their passwords (also kept in {}):\n{}",
-                    dir.join(DEMO_CREDENTIALS).display(),
-                    text.lines().skip(1).collect::<Vec<_>>().join("\n")
-                );
-                seed
-            }
-        };
-        let mut cmds: Vec<Command> = seed
-            .extensions
-            .into_iter()
-            .map(Command::UpsertExtension)
-            .collect();
-        cmds.push(Command::MarkSeeded);
-        store.apply_all(&cmds)?;
+        store.apply_all(&seed_commands(cfg)?)?;
     }
     Ok(store)
+}
+
+fn create_data_dir(cfg: &NodeConfig) -> anyhow::Result<()> {
+    let dir = &cfg.node.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// The commands that load the PBX seed (or the demo PBX, whose generated passwords
+/// are printed once and kept in the data directory).
+fn seed_commands(cfg: &NodeConfig) -> anyhow::Result<Vec<Command>> {
+    let dir = &cfg.node.data_dir;
+    let seed = match &cfg.pbx.seed {
+        Some(path) => PbxSeed::load(path)?,
+        None => {
+            let (seed, text) = PbxSeed::demo();
+            write_private(&dir.join(DEMO_CREDENTIALS), &text)?;
+            println!(
+                "First start: demo PBX created with extensions 1001-1010.\n\
+                 Their passwords (also kept in {}):\n{}",
+                dir.join(DEMO_CREDENTIALS).display(),
+                text.lines().skip(1).collect::<Vec<_>>().join("\n")
+            );
+            seed
+        }
+    };
+    let mut cmds: Vec<Command> = seed
+        .extensions
+        .into_iter()
+        .map(Command::UpsertExtension)
+        .collect();
+    cmds.push(Command::MarkSeeded);
+    Ok(cmds)
+}
+
+/// Where the node's state lives: its own store, or the cluster it is a member of.
+enum Backing {
+    Local(Arc<Store>),
+    Cluster {
+        member: Arc<QuicConsensus<ReplicatedState>>,
+        server: consensus::net::QuicServer,
+        /// Kept so that a node holding the CA key can admit new members.
+        _enroller: Option<Arc<consensus::join::Enroller>>,
+    },
+}
+
+impl Backing {
+    fn initial_state(&self) -> anyhow::Result<InitialState> {
+        let read = |db: &rocksdb::DB| -> Result<InitialState, crate::store::StoreError> {
+            Ok(InitialState {
+                bindings: store::bindings(db)?,
+                extensions: store::extensions(db)?,
+            })
+        };
+        Ok(match self {
+            Backing::Local(s) => InitialState {
+                bindings: s.bindings()?,
+                extensions: s.extensions()?,
+            },
+            Backing::Cluster { member, .. } => member.read(read)??,
+        })
+    }
+
+    /// What the core writes through, and where it hears of writes that finish later.
+    fn persist(
+        &self,
+    ) -> (
+        Box<dyn Persist>,
+        Option<mpsc::UnboundedReceiver<Completion>>,
+    ) {
+        match self {
+            Backing::Local(s) => (Box::new(LocalStore(s.clone())), None),
+            Backing::Cluster { member, .. } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Box::new(ClusterPersist::new(member.clone(), tx)), Some(rx))
+            }
+        }
+    }
+
+    async fn shutdown(self) {
+        if let Backing::Cluster { member, server, .. } = self {
+            server.shutdown().await;
+            match Arc::try_unwrap(member) {
+                Ok(m) => {
+                    if let Err(e) = m.shutdown().await {
+                        tracing::warn!(error = %e, "cluster member did not stop cleanly");
+                    }
+                }
+                Err(_) => tracing::warn!("cluster member still in use at shutdown"),
+            }
+        }
+    }
+}
+
+/// Starts this node's cluster member from its data dir: the member it already is, or
+/// (with `cluster.bootstrap`) a new one-node cluster on first start.
+async fn start_cluster(cfg: &NodeConfig) -> anyhow::Result<Backing> {
+    create_data_dir(cfg)?;
+    let dir = &cfg.node.data_dir;
+    let c = &cfg.cluster;
+    let config = consensus::Config {
+        heartbeat: Duration::from_millis(c.heartbeat_ms),
+        election_timeout_min: Duration::from_millis(c.election_timeout_min_ms),
+        election_timeout_max: Duration::from_millis(c.election_timeout_max_ms),
+        snapshot_every: c.snapshot_every,
+        ..consensus::Config::default()
+    };
+    let running = match open_member(dir, ReplicatedState, config.clone()).await {
+        Ok(r) => r,
+        Err(JoinError::NotEnrolled(_)) if c.bootstrap => {
+            let r = init_cluster(
+                dir,
+                cfg.node.id,
+                c.raft_listen,
+                cfg.admin.listen.to_string(),
+                ReplicatedState,
+                config,
+            )
+            .await
+            .context("cannot create a one-node cluster")?;
+            tracing::info!(node = cfg.node.id, raft = %c.raft_listen, "new cluster created");
+            r
+        }
+        Err(JoinError::NotEnrolled(_)) => anyhow::bail!(
+            "{} holds no cluster member and cluster.bootstrap is false: give this node an \
+             existing member's data dir, or set cluster.bootstrap = true to start a new cluster",
+            dir.display()
+        ),
+        Err(e) => return Err(e).context("cannot start the cluster member"),
+    };
+    let RunningNode {
+        consensus: member,
+        server,
+        enroller,
+    } = running;
+    let member = Arc::new(member);
+    seed_cluster(cfg, &member).await?;
+    Ok(Backing::Cluster {
+        member,
+        server,
+        _enroller: enroller,
+    })
+}
+
+/// Loads the PBX seed into the replicated state once, from the leader.
+async fn seed_cluster(
+    cfg: &NodeConfig,
+    member: &QuicConsensus<ReplicatedState>,
+) -> anyhow::Result<()> {
+    let mut status = member.watch();
+    let leader = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(l) = status.borrow().leader {
+                return Some(l);
+            }
+            if status.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    if leader != Some(member.id()) {
+        return Ok(()); // the leader seeds; this node learns it through replication
+    }
+    if member.read(store::is_seeded)?? {
+        return Ok(());
+    }
+    member
+        .propose(Command::Batch(seed_commands(cfg)?))
+        .await
+        .context("cannot store the PBX seed in the cluster")?;
+    Ok(())
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -67,7 +223,11 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Runs a node until the process is told to stop.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
-    let store = Arc::new(open_store(&cfg)?);
+    let backing = if cfg.cluster.enabled {
+        start_cluster(&cfg).await?
+    } else {
+        Backing::Local(Arc::new(open_store(&cfg)?))
+    };
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = mpsc::channel(cfg.sip.queue_depth);
     let transports = Transports::start(
@@ -91,14 +251,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         transports.tcp_addrs.clone(),
     );
     let udp = transports.udp_ingress();
-    let state = InitialState {
-        bindings: store.bindings()?,
-        extensions: store.extensions()?,
-    };
+    let state = backing.initial_state()?;
+    let (persist, written) = backing.persist();
     let core = Core::new(
         &cfg,
         state,
-        Box::new(LocalStore(store.clone())),
+        persist,
         local,
         Box::new(transports),
         metrics.clone(),
@@ -129,9 +287,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         }
     });
     tokio::select! {
-        _ = core.run(rx, Some(udp), None) => {}
+        _ = core.run(rx, Some(udp), written) => {}
         _ = shutdown_signal() => tracing::info!("stopping"),
     }
+    backing.shutdown().await;
     Ok(())
 }
 

@@ -45,10 +45,14 @@ enum ListAction {
 }
 
 fn open(data_dir: &Path) -> anyhow::Result<(Store, tempfile::TempDir)> {
-    let store_dir = data_dir.join("store");
-    if !store_dir.join("CURRENT").exists() {
-        anyhow::bail!("no store in {} (is --data-dir right?)", data_dir.display());
-    }
+    // A cluster member keeps its state in the replicated state machine's database; a
+    // standalone node (`cluster.enabled = false`) in its own store.
+    let store_dir = [data_dir.join("raft").join("db"), data_dir.join("store")]
+        .into_iter()
+        .find(|d| d.join("CURRENT").exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!("no store in {} (is --data-dir right?)", data_dir.display())
+        })?;
     // A secondary instance reads a live primary without taking its lock.
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let store = Store::open_secondary(&store_dir, scratch.path())

@@ -324,6 +324,10 @@ impl Node {
             Some(h) => SocketAddr::from((h.ip, 8060)),
             None => SocketAddr::from(([127, 0, 0, 1], free_port())),
         };
+        let raft: SocketAddr = match &opts.host {
+            Some(h) => SocketAddr::from((h.ip, 7000)),
+            None => SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
         let data_dir = dir.join("data");
         let seed = dir.join("pbx.yaml");
         std::fs::write(&seed, seed_yaml(&opts.extensions))?;
@@ -360,10 +364,14 @@ seed = "{seed}"
 [admin]
 listen = "{admin}"
 
+[cluster]
+raft_listen = "{raft}"
+
 [log]
 level = "{level}"
 {extra}"#,
             admin = admin,
+            raft = raft,
             data = data_dir.display(),
             min = opts.min_expires,
             max = opts.max_expires,
