@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Messages handled before timers get a turn: large enough that responses already
 /// queued are seen before a retransmission timer fires for them.
@@ -334,6 +334,17 @@ pub struct Core {
     held: Vec<Held>,
     /// New INVITEs and REGISTERs queued longer than this are refused with 503.
     max_queue_delay: Duration,
+    /// The cluster this node is a member of, as Raft reports it; None when standalone.
+    cluster: Option<watch::Receiver<consensus::Status>>,
+}
+
+/// What a cluster member's core hears besides SIP: writes that finished, and every
+/// change applied to the replicated state (from any member) that it mirrors in memory.
+pub struct ClusterFeeds {
+    /// Outcomes of [`Written::Pending`] writes.
+    pub written: mpsc::UnboundedReceiver<Completion>,
+    /// Applied binding and extension changes, in log order.
+    pub applied: mpsc::UnboundedReceiver<Command>,
 }
 
 /// A REGISTER answer held until its binding is written: the transaction, the 200, and
@@ -427,6 +438,45 @@ impl Core {
             pending_bindings: Vec::new(),
             held: Vec::new(),
             max_queue_delay: Duration::from_millis(cfg.sip.max_queue_delay_ms),
+            cluster: None,
+        }
+    }
+
+    /// Makes this core a cluster member's: new work is refused while no leader is known,
+    /// and only the leader writes expiry sweeps.
+    pub fn follow_cluster(&mut self, status: watch::Receiver<consensus::Status>) {
+        self.cluster = Some(status);
+    }
+
+    /// True when a change this node proposes can be committed now, as far as it knows:
+    /// standalone, or a leader is known.
+    fn can_commit(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|s| s.borrow().leader.is_some())
+    }
+
+    /// True when this node performs the cluster-wide side effects (standalone, or leader).
+    fn owns_side_effects(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|s| {
+            let s = s.borrow();
+            s.leader == Some(s.id)
+        })
+    }
+
+    /// A change applied to the replicated state: mirror it in memory. The change may be
+    /// this node's own (already in memory: applying it again is harmless) or another
+    /// member's.
+    pub fn on_applied(&mut self, cmd: Command) {
+        match cmd {
+            Command::PutBinding { aor, binding } => self.registrar.bindings.restore(&aor, binding),
+            Command::RemoveBinding { aor, contact } => {
+                self.registrar.bindings.remove(&aor, &contact);
+            }
+            Command::UpsertExtension(e) => self.directory.upsert(e),
+            Command::DeleteExtension(n) => self.directory.remove(&n),
+            Command::Batch(inner) => inner.into_iter().for_each(|c| self.on_applied(c)),
+            Command::AppendCdr(_) | Command::MarkSeeded => {}
         }
     }
 
@@ -438,10 +488,19 @@ impl Core {
         mut self,
         mut rx: mpsc::Receiver<Inbound>,
         mut udp: Option<UdpIngress>,
-        mut written: Option<mpsc::UnboundedReceiver<Completion>>,
+        feeds: Option<ClusterFeeds>,
     ) {
+        let (mut written, mut applied) = match feeds {
+            Some(f) => (Some(f.written), Some(f.applied)),
+            None => (None, None),
+        };
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
+            if let Some(a) = applied.as_mut() {
+                while let Ok(cmd) = a.try_recv() {
+                    self.on_applied(cmd);
+                }
+            }
             if let Some(w) = written.as_mut() {
                 while let Ok((id, result)) = w.try_recv() {
                     self.on_written(id, result, Instant::now());
@@ -512,10 +571,20 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            let change = async {
+                match applied.as_mut() {
+                    Some(a) => a.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => chunk.push(m),
                     None => return,
+                },
+                c = change => match c {
+                    Some(cmd) => self.on_applied(cmd),
+                    None => applied = None,
                 },
                 c = completion => match c {
                     Some((id, result)) => self.on_written(id, result, Instant::now()),
@@ -551,8 +620,11 @@ impl Core {
         if self.next_sweep.is_none_or(|t| now >= t) {
             self.next_sweep = Some(now + Duration::from_secs(1));
             let changes = self.registrar.bindings.sweep(unix_now(SystemTime::now()));
-            let cmds: Vec<Command> = changes.into_iter().map(binding_command).collect();
-            self.write_bindings(cmds);
+            // Every member forgets expired bindings; only one writes their removal.
+            if self.owns_side_effects() {
+                let cmds: Vec<Command> = changes.into_iter().map(binding_command).collect();
+                self.write_bindings(cmds);
+            }
         }
         self.wire.send_all(&mut self.outbox);
     }
@@ -566,9 +638,12 @@ impl Core {
     /// 503 at once sheds load before retransmissions multiply it. Responses and in-dialog
     /// requests are always processed, so calls in progress finish.
     fn overloaded(&self, msg: &SipMessage, received: Instant, now: Instant) -> bool {
-        matches!(msg.method(), Some(Method::Invite | Method::Register))
-            && msg.to_tag().is_none()
-            && now.saturating_duration_since(received) > self.max_queue_delay
+        self.starts_new_work(msg) && now.saturating_duration_since(received) > self.max_queue_delay
+    }
+
+    /// A REGISTER, or an INVITE outside a dialog.
+    fn starts_new_work(&self, msg: &SipMessage) -> bool {
+        matches!(msg.method(), Some(Method::Invite | Method::Register)) && msg.to_tag().is_none()
     }
 
     /// Handles one message from a transport; REGISTER answers that promise a stored
@@ -579,6 +654,15 @@ impl Core {
             from,
             received,
         } = inbound;
+        if self.starts_new_work(&msg) && !self.can_commit() {
+            // Cut off from the majority: promise nothing (issue: REGISTER and INVITE
+            // get 503 until the node is back).
+            self.metrics.inc(&self.metrics.no_quorum_rejects);
+            let mut r = msg.response(503, "Service Unavailable");
+            r.headers.push("Retry-After", "5");
+            self.outbox.push((reply_target(&msg, from), r.to_bytes()));
+            return;
+        }
         if self.overloaded(&msg, received, now) {
             self.metrics.inc(&self.metrics.overload_rejects);
             let mut r = msg.response(503, "Service Unavailable");
@@ -792,7 +876,7 @@ impl Core {
         // in `commit` succeeds, and answer 500 if it fails.
         self.pending_bindings
             .extend(outcome.changes.into_iter().map(binding_command));
-        let mut refusal = msg.response(500, "Store Unavailable");
+        let mut refusal = msg.response(503, "Service Unavailable");
         refusal.headers.push("Retry-After", "5");
         self.held.push((key, outcome.response, refusal));
     }

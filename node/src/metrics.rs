@@ -36,6 +36,8 @@ pub struct Metrics {
     pub calls_answered: AtomicU64,
     /// Requests refused with 503 by the call or transaction limits.
     pub overload_rejects: AtomicU64,
+    /// New REGISTERs/INVITEs refused with 503 while no cluster leader was known.
+    pub no_quorum_rejects: AtomicU64,
     /// Store writes that failed.
     pub store_errors: AtomicU64,
 }
@@ -68,6 +70,7 @@ impl Metrics {
             ("calls_attempted", g(&self.calls_attempted)),
             ("calls_answered", g(&self.calls_answered)),
             ("overload_rejects", g(&self.overload_rejects)),
+            ("no_quorum_rejects", g(&self.no_quorum_rejects)),
             ("store_errors", g(&self.store_errors)),
         ]
     }

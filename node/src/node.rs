@@ -3,7 +3,7 @@
 
 use crate::cluster::{ClusterPersist, ReplicatedState};
 use crate::config::NodeConfig;
-use crate::core::{Completion, Core, InitialState, Local};
+use crate::core::{ClusterFeeds, Completion, Core, InitialState, Local};
 use crate::metrics::Metrics;
 use crate::persist::{LocalStore, Persist};
 use crate::routing::PbxSeed;
@@ -111,21 +111,28 @@ impl Backing {
     async fn shutdown(self) {
         if let Backing::Cluster { member, server, .. } = self {
             server.shutdown().await;
-            match Arc::try_unwrap(member) {
-                Ok(m) => {
-                    if let Err(e) = m.shutdown().await {
-                        tracing::warn!(error = %e, "cluster member did not stop cleanly");
+            // Proposals still in flight hold the member briefly; wait for them, bounded.
+            let mut member = member;
+            for _ in 0..200 {
+                match Arc::try_unwrap(member) {
+                    Ok(m) => {
+                        if let Err(e) = m.shutdown().await {
+                            tracing::warn!(error = %e, "cluster member did not stop cleanly");
+                        }
+                        return;
                     }
+                    Err(still) => member = still,
                 }
-                Err(_) => tracing::warn!("cluster member still in use at shutdown"),
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            tracing::warn!("cluster member still in use at shutdown; its log is synced");
         }
     }
 }
 
 /// Starts this node's cluster member from its data dir: the member it already is, or
 /// (with `cluster.bootstrap`) a new one-node cluster on first start.
-async fn start_cluster(cfg: &NodeConfig) -> anyhow::Result<Backing> {
+async fn start_cluster(cfg: &NodeConfig, app: ReplicatedState) -> anyhow::Result<Backing> {
     create_data_dir(cfg)?;
     let dir = &cfg.node.data_dir;
     let c = &cfg.cluster;
@@ -136,7 +143,7 @@ async fn start_cluster(cfg: &NodeConfig) -> anyhow::Result<Backing> {
         snapshot_every: c.snapshot_every,
         ..consensus::Config::default()
     };
-    let running = match open_member(dir, ReplicatedState, config.clone()).await {
+    let running = match open_member(dir, app.clone(), config.clone()).await {
         Ok(r) => r,
         Err(JoinError::NotEnrolled(_)) if c.bootstrap => {
             let r = init_cluster(
@@ -144,7 +151,7 @@ async fn start_cluster(cfg: &NodeConfig) -> anyhow::Result<Backing> {
                 cfg.node.id,
                 c.raft_listen,
                 cfg.admin.listen.to_string(),
-                ReplicatedState,
+                app,
                 config,
             )
             .await
@@ -223,8 +230,11 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Runs a node until the process is told to stop.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    // Applied changes flow to the core from the moment the member starts: nothing
+    // committed before the core runs is missed, it waits in the channel.
+    let (applied_tx, applied_rx) = mpsc::unbounded_channel();
     let backing = if cfg.cluster.enabled {
-        start_cluster(&cfg).await?
+        start_cluster(&cfg, ReplicatedState::with_feed(applied_tx)).await?
     } else {
         Backing::Local(Arc::new(open_store(&cfg)?))
     };
@@ -253,7 +263,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let udp = transports.udp_ingress();
     let state = backing.initial_state()?;
     let (persist, written) = backing.persist();
-    let core = Core::new(
+    let feeds = written.map(|written| ClusterFeeds {
+        written,
+        applied: applied_rx,
+    });
+    let mut core = Core::new(
         &cfg,
         state,
         persist,
@@ -261,6 +275,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Box::new(transports),
         metrics.clone(),
     );
+    if let Backing::Cluster { member, .. } = &backing {
+        core.follow_cluster(member.watch());
+    }
     if cfg.admin.enabled {
         let state = Arc::new(crate::admin::AdminState {
             node_id: cfg.node.id,
@@ -287,7 +304,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         }
     });
     tokio::select! {
-        _ = core.run(rx, Some(udp), written) => {}
+        _ = core.run(rx, Some(udp), feeds) => {}
         _ = shutdown_signal() => tracing::info!("stopping"),
     }
     backing.shutdown().await;

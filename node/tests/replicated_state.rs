@@ -88,7 +88,7 @@ async fn commands_written_on_a_follower_are_read_back_on_every_member() {
             id,
             members[&id].clone(),
             dirs[i].path(),
-            ReplicatedState,
+            ReplicatedState::default(),
             client,
             Config::default(),
         )
@@ -205,8 +205,20 @@ async fn commands_written_on_a_follower_are_read_back_on_every_member() {
         assert_eq!(cdrs.len(), 3);
     }
     drop(persist);
-    let shared = std::sync::Arc::try_unwrap(shared).ok().expect("last user");
-    nodes.push(shared);
+    // The proposing task drops its handle just after reporting the outcome.
+    let mut shared = shared;
+    let member = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match std::sync::Arc::try_unwrap(shared) {
+                Ok(m) => return m,
+                Err(again) => shared = again,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the proposal task let go of the member");
+    nodes.push(member);
 
     for s in servers {
         s.shutdown().await;

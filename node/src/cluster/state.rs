@@ -3,10 +3,34 @@
 //! by [`crate::store::stage`] to the same column families inside the consensus database.
 
 use crate::store::{self, Command};
+use tokio::sync::mpsc;
 
 /// The replicated state machine of a cluster member.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReplicatedState;
+#[derive(Debug, Default, Clone)]
+pub struct ReplicatedState {
+    /// Where applied changes to what the SIP core keeps in memory (bindings,
+    /// extensions) are sent, so every member's core follows the replicated state.
+    feed: Option<mpsc::UnboundedSender<Command>>,
+}
+
+impl ReplicatedState {
+    /// A state machine that tells the core about every applied binding or extension change.
+    pub fn with_feed(feed: mpsc::UnboundedSender<Command>) -> Self {
+        ReplicatedState { feed: Some(feed) }
+    }
+}
+
+/// The part of `cmd` the core mirrors in memory (CDRs and markers it does not).
+fn for_core(cmd: &Command) -> Option<Command> {
+    match cmd {
+        Command::AppendCdr(_) | Command::MarkSeeded => None,
+        Command::Batch(inner) => {
+            let kept: Vec<Command> = inner.iter().filter_map(for_core).collect();
+            (!kept.is_empty()).then_some(Command::Batch(kept))
+        }
+        other => Some(other.clone()),
+    }
+}
 
 impl consensus::App for ReplicatedState {
     type Command = Command;
@@ -23,6 +47,11 @@ impl consensus::App for ReplicatedState {
             .and_then(|mut next| store::stage(db, batch, std::slice::from_ref(cmd), &mut next));
         if let Err(e) = staged {
             tracing::error!(error = %e, ?cmd, "replicated command not applied");
+            return;
+        }
+        if let (Some(feed), Some(c)) = (&self.feed, for_core(cmd)) {
+            // The core is gone only while the node stops.
+            let _ = feed.send(c);
         }
     }
 }

@@ -723,7 +723,7 @@ opaque=\"{}\"\r\n",
     assert!(find(&h.take(), B1, |m| is_status(m, 200)).is_some());
     assert!(asked.lock().unwrap().is_empty());
 
-    // A failed write answers 500 with Retry-After instead.
+    // A failed write answers 503 with Retry-After instead.
     let new_contact = auth(4, "00000003").replace(
         &format!("Contact: <sip:{user}@127.0.0.1:{B1}>"),
         &format!("Contact: <sip:{user}@127.0.0.1:{B2}>"),
@@ -732,6 +732,73 @@ opaque=\"{}\"\r\n",
     let (id, _) = asked.lock().unwrap().pop().expect("second write");
     h.core.on_written(id, Err("no quorum".into()), h.at(50));
     let out = h.take();
-    let r = find(&out, B1, |m| is_status(m, 500)).expect("500");
+    let r = find(&out, B1, |m| is_status(m, 503)).expect("503");
     assert_eq!(r.headers.get("Retry-After"), Some("5"));
+}
+
+fn status(id: u64, leader: Option<u64>) -> consensus::Status {
+    consensus::Status {
+        id,
+        role: if leader == Some(id) {
+            consensus::Role::Leader
+        } else {
+            consensus::Role::Follower
+        },
+        term: 1,
+        leader,
+        last_log: None,
+        committed: None,
+        applied: None,
+        snapshot: None,
+        purged: None,
+        voters: Default::default(),
+        members: Default::default(),
+        matched: Default::default(),
+    }
+}
+
+#[test]
+fn a_member_without_a_leader_refuses_new_work_and_mirrors_applied_changes() {
+    let mut h = Harness::new(&[]);
+    let (tx, rx) = watch::channel(status(2, None));
+    h.core.follow_cluster(rx);
+    // No leader known: new REGISTERs and INVITEs get 503 + Retry-After at once.
+    h.recv_text(B1, &register("1002", 1, ""), 0);
+    let r = h.take();
+    let refused = find(&r, B1, |m| is_status(m, 503)).expect("503");
+    assert_eq!(refused.headers.get("Retry-After"), Some("5"));
+    h.recv_text(A, &invite("1002", "z9hG4bKnl1"), 10);
+    assert!(find(&h.take(), A, |m| is_status(m, 503)).is_some());
+    // In-dialog requests are still served (here: 481, no such call).
+    let bye = options("", "z9hG4bKnl2")
+        .replace("OPTIONS", "BYE")
+        .replace("To: <sip:127.0.0.1>", "To: <sip:127.0.0.1>;tag=x");
+    h.recv_text(A, &bye, 20);
+    assert!(find(&h.take(), A, |m| is_status(m, 481)).is_some());
+
+    // A leader appears (another member): work resumes; a binding that member
+    // registered reaches this core through the applied feed, so 1002 can be called.
+    tx.send(status(2, Some(1))).unwrap();
+    h.core.on_applied(Command::Batch(vec![Command::PutBinding {
+        aor: "1002".into(),
+        binding: Binding {
+            contact: format!("sip:1002@127.0.0.1:{B2}"),
+            expires_at: unix_now(SystemTime::now()) + 600,
+            q: 1.0,
+            call_id: "elsewhere".into(),
+            cseq: 1,
+            source: udp(B2),
+            user_agent: None,
+        },
+    }]));
+    h.recv_text(A, &invite("1002", "z9hG4bKnl3"), 30);
+    let out = h.take();
+    assert!(
+        find(&out, B2, |m| is_req(m, Method::Invite)).is_some(),
+        "the INVITE reaches the contact registered through another member: {out:?}"
+    );
+    // An extension deleted on another member is gone here too.
+    h.core.on_applied(Command::DeleteExtension("1002".into()));
+    h.recv_text(A, &invite("1002", "z9hG4bKnl4"), 40);
+    assert!(find(&h.take(), A, |m| is_status(m, 404)).is_some());
 }

@@ -40,6 +40,11 @@ impl Directory {
         self.by_number.insert(ext.number.clone(), ext);
     }
 
+    /// Removes one extension.
+    pub fn remove(&mut self, number: &str) {
+        self.by_number.remove(number);
+    }
+
     /// The extension with this number.
     pub fn extension(&self, number: &str) -> Option<&Extension> {
         self.by_number.get(number)
