@@ -25,19 +25,20 @@ const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 type Member = Arc<QuicConsensus<ReplicatedState>>;
 
 /// The node's Raft member, or the reply explaining why there is none.
-fn member(state: &AdminState) -> Result<Member, Reply> {
+// Boxed: a response is large, and the error path is the rare one.
+fn member(state: &AdminState) -> Result<Member, Box<Reply>> {
     let Some(weak) = &state.member else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::CONFLICT,
             "this node is not in a cluster (cluster.enabled = false); cluster commands need a cluster member",
-        ));
+        )));
     };
     // A weak handle, so the admin API never keeps Raft alive past the node's shutdown.
     weak.upgrade().ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this node is shutting down; ask another member",
-        )
+        ))
     })
 }
 
@@ -100,7 +101,7 @@ fn members_json(view: &Status, is_leader_view: bool) -> Vec<Value> {
 pub async fn status(state: Arc<AdminState>) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let own = member.status();
     let (view, view_error) = if own.leader.is_none() {
@@ -149,11 +150,11 @@ struct TokenRequest {
 pub async fn issue_token(state: Arc<AdminState>, body: Incoming) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let req: TokenRequest = match read_json(body).await {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ttl = req.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
@@ -185,7 +186,7 @@ pub async fn issue_token(state: Arc<AdminState>, body: Incoming) -> Reply {
 pub async fn remove(state: Arc<AdminState>, id: &str) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(id) = id.parse::<NodeId>() else {
         return error(
@@ -239,7 +240,7 @@ fn admin_error(own: &Status, e: AdminError) -> Reply {
 pub fn ready(state: &AdminState) -> Reply {
     let member = match member(state) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let s = member.status();
     let not_ready = |reason: String| {
