@@ -1,16 +1,35 @@
 //! `switchctl`: operator CLI for the softswitch.
 //!
-//! This issue gives it read access to a node's store (CDRs, extensions, registrations),
-//! which works while the node runs; cluster commands arrive with the consensus issue.
+//! It reads a node's store offline (CDRs, extensions, registrations; works while the
+//! node runs), and operates its cluster over the node's admin HTTP API
+//! (`cluster status|token|remove-node`) or offline before it starts (`cluster join|init`).
+
+mod client;
+mod cluster;
+mod join;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cluster::Output;
 use node::store::Store;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "switchctl", version, about = "Operate a softswitch node")]
 struct Cli {
+    /// The node's admin API (`[admin] listen`).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHCTL_ADMIN",
+        default_value = "127.0.0.1:8060"
+    )]
+    admin: String,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,6 +51,75 @@ enum Command {
         #[command(subcommand)]
         action: ListAction,
     },
+    /// The node's Raft cluster.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterAction {
+    /// Members, their roles and replication lag, and the node's progress.
+    Status,
+    /// Issue a one-time join token (on the node holding the cluster CA key).
+    Token {
+        /// How long the token stays valid: 600, 30s, 10m, 2h, 1d.
+        #[arg(long, default_value = "10m", value_parser = cluster::parse_ttl)]
+        ttl: Duration,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        /// The node's id (as `cluster status` lists it).
+        id: u64,
+    },
+    /// Offline: join a node that is not running yet, using a token; then start it.
+    Join {
+        /// The token from `switchctl cluster token`.
+        token: String,
+        #[command(flatten)]
+        placement: PlacementArgs,
+        /// Ask for this node id (the issuer picks one otherwise).
+        #[arg(long)]
+        node_id: Option<u64>,
+    },
+    /// Offline: create a new one-node cluster in a data dir (softswitch also does this on
+    /// first start when cluster.bootstrap = true).
+    Init {
+        #[command(flatten)]
+        placement: PlacementArgs,
+        /// This node's id.
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
+    },
+}
+
+/// Where an offline-enrolled node lives.
+#[derive(clap::Args, Debug)]
+struct PlacementArgs {
+    /// The node's data directory (`node.data_dir`); must be empty.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The Raft address peers reach the node at (`cluster.raft_listen`).
+    #[arg(long)]
+    raft_addr: SocketAddr,
+    /// The node's admin API address (`admin.listen`).
+    #[arg(long)]
+    admin_addr: String,
+    /// The node's config file, for its Raft timings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl PlacementArgs {
+    fn placement(self) -> join::Placement {
+        join::Placement {
+            data_dir: self.data_dir,
+            raft_addr: self.raft_addr,
+            admin_addr: self.admin_addr,
+            config: self.config,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,6 +159,30 @@ fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let admin = client::Admin::new(admin);
+    rt.block_on(async move {
+        match action {
+            ClusterAction::Status => cluster::status(&admin, output).await,
+            ClusterAction::Token { ttl } => cluster::token(&admin, ttl, output).await,
+            ClusterAction::RemoveNode { id } => cluster::remove(&admin, id, output).await,
+            ClusterAction::Join {
+                token,
+                placement,
+                node_id,
+            } => join::join(&token, node_id, &placement.placement()).await,
+            ClusterAction::Init { placement, node_id } => {
+                join::init(node_id, &placement.placement()).await
+            }
+        }
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -90,6 +202,7 @@ fn main() -> std::process::ExitCode {
                 .collect();
             print_lines(&rows)
         }),
+        Command::Cluster { action } => run_cluster(&cli.admin, cli.output, action),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

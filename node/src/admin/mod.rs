@@ -1,16 +1,21 @@
 //! The admin HTTP listener (hyper, HTTP/1.1, JSON): what `switchctl` and operators'
-//! tools talk to. It answers `/healthz` and the node's counters; the cluster operations
-//! and the full admin API are added on the same router.
+//! tools talk to. It answers `/healthz`, `/readyz`, the node's counters and the cluster
+//! operations (`/v1/cluster...`, see [`cluster`]).
 
+mod body;
+mod cluster;
+mod reply;
+
+use crate::cluster::ReplicatedState;
 use crate::metrics::Metrics;
-use bytes::Bytes;
-use http_body_util::Full;
+use consensus::join::{Enroller, QuicConsensus};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use reply::{error, json, Reply};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -29,6 +34,11 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// When the node started.
     pub started: Instant,
+    /// The node's Raft member; `None` on a standalone node. Weak, so the admin task
+    /// never keeps Raft from shutting down with the node.
+    pub member: Option<Weak<QuicConsensus<ReplicatedState>>>,
+    /// Issues join tokens; `None` unless this node holds the cluster CA key.
+    pub enroller: Option<Arc<Enroller>>,
 }
 
 /// Binds the listener (so a taken port fails the node's start-up) and serves it until
@@ -59,7 +69,7 @@ async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
+                async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -73,44 +83,55 @@ async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-/// A JSON response.
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
+/// 405 naming the method to use instead.
+fn not_allowed(method: &Method, path: &str, allowed: &'static str) -> Reply {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {path}; use {allowed}"),
+    );
     r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(ALLOW, HeaderValue::from_static(allowed));
     r
 }
 
-/// An error response whose message says what went wrong.
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
-    json(status, serde_json::json!({ "error": message.into() }))
-}
-
-/// The answer to one request.
-type Reply = Response<Full<Bytes>>;
-
-fn route(state: &AdminState, req: Request<Incoming>) -> Reply {
-    let path = req.uri().path();
-    let (allowed, handler): (&str, fn(&AdminState) -> Reply) = match path {
-        "/healthz" => ("GET", healthz),
-        "/v1/counters" => ("GET", counters),
-        _ => return error(StatusCode::NOT_FOUND, format!("no such resource: {path}")),
+async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let get_only = |handler: fn(&AdminState) -> Reply| {
+        if method == Method::GET {
+            handler(&state)
+        } else {
+            not_allowed(&method, &path, "GET")
+        }
     };
-    if req.method() != Method::GET {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} is not allowed on {path}; use {allowed}", req.method()),
-        );
-        r.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        return r;
+    match path.as_str() {
+        "/healthz" => return get_only(healthz),
+        "/readyz" => return get_only(cluster::ready),
+        "/v1/counters" => return get_only(counters),
+        "/v1/cluster" if method == Method::GET => return cluster::status(state).await,
+        "/v1/cluster" => return not_allowed(&method, &path, "GET"),
+        "/v1/cluster/tokens" if method == Method::POST => {
+            return cluster::issue_token(state, req.into_body()).await
+        }
+        "/v1/cluster/tokens" => return not_allowed(&method, &path, "POST"),
+        _ => {}
     }
-    handler(state)
+    if let Some(rest) = path.strip_prefix("/v1/cluster/members/") {
+        match rest.split_once('/') {
+            None if method == Method::DELETE => return cluster::remove(state, rest).await,
+            None => return not_allowed(&method, &path, "DELETE"),
+            Some((id, "remove")) if method == Method::POST => {
+                return cluster::remove(state, id).await
+            }
+            Some((_, "remove")) => return not_allowed(&method, &path, "POST"),
+            Some(_) => {}
+        }
+    }
+    error(StatusCode::NOT_FOUND, format!("no such resource: {path}"))
 }
 
 /// The process is up and serving (readiness comes with the cluster state).
-fn healthz(state: &AdminState) -> Response<Full<Bytes>> {
+fn healthz(state: &AdminState) -> Reply {
     json(
         StatusCode::OK,
         serde_json::json!({
@@ -123,7 +144,7 @@ fn healthz(state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 /// The node's counters by name.
-fn counters(state: &AdminState) -> Response<Full<Bytes>> {
+fn counters(state: &AdminState) -> Reply {
     let map: serde_json::Map<String, serde_json::Value> = state
         .metrics
         .snapshot()
@@ -157,6 +178,8 @@ mod tests {
             node_id: 7,
             metrics,
             started: Instant::now(),
+            member: None,
+            enroller: None,
         });
         let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
 

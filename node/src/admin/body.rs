@@ -1,0 +1,37 @@
+//! Reading a request's JSON body, bounded so a client cannot make the node buffer
+//! without limit.
+
+use super::reply::{error, Reply};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// The largest body the admin API accepts; its requests are a few small fields.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads the body as `T`; an empty body gives `T::default()` so every field may be left
+/// out. The error is the reply to send (boxed: a response is large).
+pub async fn read_json<T: DeserializeOwned + Default>(body: Incoming) -> Result<T, Box<Reply>> {
+    let bytes = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "cannot read the request body ({e}); send at most {MAX_BODY} bytes of JSON"
+                ),
+            ))
+        })?
+        .to_bytes();
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not the expected JSON: {e}"),
+        ))
+    })
+}

@@ -1,0 +1,23 @@
+//! Building the admin API's JSON answers, so every handler shapes them the same way.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+/// The answer to one request.
+pub type Reply = Response<Full<Bytes>>;
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: serde_json::Value) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// An error response whose message says what went wrong and what to do next.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    json(status, serde_json::json!({ "error": message.into() }))
+}

@@ -1,0 +1,106 @@
+//! A small HTTP/1.1 JSON client for a node's admin API, one request per connection,
+//! bounded by a timeout so an unresponsive node never hangs the CLI.
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Bound on connecting, sending and reading one whole answer.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A node's admin API at `host:port`.
+pub struct Admin {
+    addr: String,
+}
+
+impl Admin {
+    /// The API at `addr` (`host:port`; a leading `http://` is accepted).
+    pub fn new(addr: &str) -> Admin {
+        let addr = addr.trim_start_matches("http://").trim_end_matches('/');
+        Admin {
+            addr: addr.to_owned(),
+        }
+    }
+
+    /// Sends one request; a non-2xx answer is an error carrying the node's message.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let exchange = self.exchange(method.clone(), path, body);
+        let (status, text) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the admin API at {} did not answer {method} {path} within {TIMEOUT:?}; is the node overloaded or stuck?",
+                    self.addr
+                )
+            })??;
+        let json: Option<Value> = serde_json::from_slice(&text).ok();
+        if !(200..300).contains(&status) {
+            let message = json
+                .as_ref()
+                .and_then(|v| v.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned());
+            return Err(anyhow!("{} answered {status}: {message}", self.addr));
+        }
+        json.ok_or_else(|| {
+            anyhow!(
+                "{} answered {method} {path} with something other than JSON",
+                self.addr
+            )
+        })
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let stream = tokio::net::TcpStream::connect(&self.addr).await.with_context(|| {
+            format!(
+                "cannot reach the admin API at {}; is the node running, and is --admin (or SWITCHCTL_ADMIN) its [admin] listen address?",
+                self.addr
+            )
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .with_context(|| format!("HTTP handshake with {} failed", self.addr))?;
+        // The connection task drives the socket; it ends when the answer is read.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let payload = match &body {
+            Some(v) => Bytes::from(v.to_string()),
+            None => Bytes::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(payload))
+            .context("cannot build the request")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("the request to {} failed", self.addr))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .with_context(|| format!("cannot read the answer from {}", self.addr))?
+            .to_bytes();
+        Ok((status, text))
+    }
+}
