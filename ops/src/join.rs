@@ -61,7 +61,7 @@ pub async fn join(token: &str, node_id: Option<u64>, p: &Placement) -> anyhow::R
         p.raft_addr,
         p.admin_addr.clone(),
         &p.data_dir,
-        ReplicatedState,
+        ReplicatedState::default(),
         config,
         node_id,
     )
@@ -85,7 +85,7 @@ pub async fn init(node_id: u64, p: &Placement) -> anyhow::Result<()> {
         node_id,
         p.raft_addr,
         p.admin_addr.clone(),
-        ReplicatedState,
+        ReplicatedState::default(),
         config,
     )
     .await
