@@ -247,6 +247,11 @@ pub struct NodeOpts {
     /// Run inside this lab host's namespace, listening on its address, port 5060;
     /// None = on loopback, on a free port.
     pub host: Option<netns::Host>,
+    /// Use this data directory (e.g. one `switchctl cluster join` prepared) instead of a
+    /// fresh one in the node's temp dir.
+    pub data_dir: Option<PathBuf>,
+    /// `[cluster] bootstrap`: create a one-node cluster on first start.
+    pub bootstrap: bool,
 }
 
 impl Default for NodeOpts {
@@ -264,6 +269,8 @@ impl Default for NodeOpts {
             log_level: "info".into(),
             extra_toml: String::new(),
             host: None,
+            data_dir: None,
+            bootstrap: true,
         }
     }
 }
@@ -328,7 +335,7 @@ impl Node {
             Some(h) => SocketAddr::from((h.ip, 7000)),
             None => SocketAddr::from(([127, 0, 0, 1], free_port())),
         };
-        let data_dir = dir.join("data");
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         let seed = dir.join("pbx.yaml");
         std::fs::write(&seed, seed_yaml(&opts.extensions))?;
         let algs: Vec<String> = opts.algorithms.iter().map(|a| format!("\"{a}\"")).collect();
@@ -366,12 +373,14 @@ listen = "{admin}"
 
 [cluster]
 raft_listen = "{raft}"
+bootstrap = {bootstrap}
 
 [log]
 level = "{level}"
 {extra}"#,
             admin = admin,
             raft = raft,
+            bootstrap = opts.bootstrap,
             data = data_dir.display(),
             min = opts.min_expires,
             max = opts.max_expires,
@@ -580,6 +589,7 @@ pub struct Sipp {
     scenario: PathBuf,
     remote: Option<String>,
     local_port: Option<u16>,
+    local_ip: String,
     calls: u32,
     timeout_s: u32,
     args: Vec<String>,
@@ -670,6 +680,7 @@ impl Sipp {
             scenario: scenario.as_ref().to_path_buf(),
             remote: None,
             local_port: None,
+            local_ip: "127.0.0.1".into(),
             calls: 1,
             timeout_s: 20,
             args: Vec::new(),
@@ -684,6 +695,11 @@ impl Sipp {
     }
     pub fn local_port(mut self, port: u16) -> Self {
         self.local_port = Some(port);
+        self
+    }
+    /// The address SIPp binds (default 127.0.0.1), e.g. a lab's bridge address.
+    pub fn local_ip(mut self, ip: impl ToString) -> Self {
+        self.local_ip = ip.to_string();
         self
     }
     pub fn calls(mut self, m: u32) -> Self {
@@ -713,7 +729,7 @@ impl Sipp {
         if let Some(r) = &self.remote {
             c.arg(r);
         }
-        c.args(["-i", "127.0.0.1"]);
+        c.args(["-i", &self.local_ip]);
         if let Some(p) = self.local_port {
             c.args(["-p", &p.to_string()]);
         }
