@@ -462,6 +462,14 @@ level = "{level}"
         )
     }
 
+    /// Kills the node at once (SIGKILL: no clean shutdown, as when a host dies).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = wait_bounded(&mut c, Duration::from_secs(10));
+        }
+    }
+
     /// True while the process has not exited.
     pub fn alive(&mut self) -> bool {
         match self.child.as_mut() {

@@ -3,12 +3,13 @@
 //! each new member's namespace), and a REGISTER through one member visible in another
 //! member's replicated state.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tests::netns::Lab;
-use tests::{http_get, run_bounded, scenario, switchctl_bin, Node, NodeOpts, Sipp, Value};
+use tests::{http_get, run_bounded, scenario, switchctl_bin, Ext, Node, NodeOpts, Sipp, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -30,27 +31,27 @@ fn ok(cmd: &mut Command, dir: &Path, tag: &str) -> String {
     out
 }
 
-#[test]
-fn three_members_form_with_switchctl_and_share_registrations() {
-    let lab = Lab::create(3).expect("lab");
+/// Forms a cluster of one member per lab host: the first bootstraps with `exts`, the
+/// others join with `switchctl` (a token from the first, the join from inside their
+/// own namespace) and start on the data dir the join prepared.
+fn form_cluster(lab: &Lab, work: &Path, exts: Vec<Ext>) -> Vec<Node> {
     let first = Node::start(NodeOpts {
         host: Some(lab.hosts[0].clone()),
+        extensions: exts,
         ..Default::default()
     })
     .expect("first member");
     wait_ready(first.admin);
-    let work = tempfile::tempdir().unwrap();
     let mut members = vec![first];
-    for i in 1..3 {
+    for i in 1..lab.hosts.len() {
         let admin = members[0].admin.to_string();
         let token = ok(
             Command::new(switchctl_bin()).args(["--admin", &admin, "cluster", "token"]),
-            work.path(),
+            work,
             &format!("token{i}"),
         );
-        let data = work.path().join(format!("data{i}"));
+        let data = work.join(format!("data{i}"));
         let ip = lab.ip(i);
-        // From inside the new member's namespace, so it enrolls from its own address.
         ok(
             lab.command(i, switchctl_bin()).args([
                 "cluster",
@@ -63,7 +64,7 @@ fn three_members_form_with_switchctl_and_share_registrations() {
                 "--admin-addr",
                 &format!("{ip}:8060"),
             ]),
-            work.path(),
+            work,
             &format!("join{i}"),
         );
         let node = Node::start(NodeOpts {
@@ -76,29 +77,60 @@ fn three_members_form_with_switchctl_and_share_registrations() {
         wait_ready(node.admin);
         members.push(node);
     }
+    members
+}
+
+/// The `cluster status` JSON of the member at `admin`.
+fn status(admin: SocketAddr, work: &Path) -> Value {
+    let out = ok(
+        Command::new(switchctl_bin()).args([
+            "--admin",
+            &admin.to_string(),
+            "--output",
+            "json",
+            "cluster",
+            "status",
+        ]),
+        work,
+        "status",
+    );
+    serde_json::from_str(&out).expect("JSON status")
+}
+
+/// Addresses of record registered in a member's replicated state.
+fn registered(member: &Node, work: &Path) -> HashSet<String> {
+    let out = ok(
+        Command::new(switchctl_bin()).args([
+            "registrations",
+            "list",
+            "--data-dir",
+            member.data_dir.to_str().unwrap(),
+        ]),
+        work,
+        "registrations",
+    );
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["aor"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn three_members_form_with_switchctl_and_share_registrations() {
+    let lab = Lab::create(3).expect("lab");
+    let work = tempfile::tempdir().unwrap();
+    let members = form_cluster(&lab, work.path(), NodeOpts::default().extensions);
 
     // Three voters, whichever member is asked.
     for m in &members {
-        let out = ok(
-            Command::new(switchctl_bin()).args([
-                "--admin",
-                &m.admin.to_string(),
-                "--output",
-                "json",
-                "cluster",
-                "status",
-            ]),
-            work.path(),
-            "status",
-        );
-        let v: Value = serde_json::from_str(&out).expect("JSON status");
+        let v = status(m.admin, work.path());
         let voters = v["members"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|m| m["role"] == "voter")
             .count();
-        assert_eq!(voters, 3, "{out}");
+        assert_eq!(voters, 3, "{v}");
     }
 
     // A phone registers through the first member (SIPp in the test's namespace, bound
@@ -115,21 +147,99 @@ fn three_members_form_with_switchctl_and_share_registrations() {
 
     // ... and the third member has the binding in its replicated state.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = ok(
-            Command::new(switchctl_bin()).args([
-                "registrations",
-                "list",
-                "--data-dir",
-                members[2].data_dir.to_str().unwrap(),
-            ]),
-            work.path(),
-            "registrations",
+    while !registered(&members[2], work.path()).contains("1001") {
+        assert!(
+            Instant::now() < deadline,
+            "binding not replicated to member 3"
         );
-        if out.contains("\"aor\":\"1001\"") {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn leader_killed_under_register_load_keeps_every_acknowledged_binding() {
+    let lab = Lab::create(3).expect("lab");
+    let work = tempfile::tempdir().unwrap();
+    let users: Vec<String> = (2000..2300).map(|n| n.to_string()).collect();
+    let exts = users.iter().map(|u| Ext::new(u)).collect();
+    let mut members = form_cluster(&lab, work.path(), exts);
+    assert_eq!(status(members[0].admin, work.path())["leader"]["id"], 1);
+
+    // 300 phones register with the leader at 60/s ...
+    let csv = work.path().join("users.csv");
+    let mut text = String::from("SEQUENTIAL\n");
+    for u in &users {
+        text.push_str(&format!("{u};pw{u}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let port = tests::free_port();
+    let load = Sipp::new("cluster-load", scenario("register-load.xml"))
+        .remote(members[0].addr)
+        .local_ip(lab.gateway)
+        .local_port(port)
+        .calls(300)
+        .timeout_s(30)
+        .args(["-r", "60", "-recv_timeout", "3000"])
+        .arg("-inf")
+        .arg(csv.display())
+        .key("expires", "3600")
+        .spawn()
+        .unwrap();
+    // ... and about two seconds in, the leader dies (kill -9).
+    std::thread::sleep(Duration::from_secs(2));
+    members[0].kill9();
+    let r = load.wait();
+
+    // Every REGISTER answered 200 before the kill, by SIPp's own log.
+    let acked: HashSet<String> = r
+        .sip_messages()
+        .into_iter()
+        .filter(|m| m.starts_with("SIP/2.0 200"))
+        .filter_map(|m| {
+            let to = m.lines().find(|l| l.starts_with("To:"))?;
+            let user = to.split("sip:").nth(1)?.split('@').next()?;
+            Some(user.to_string())
+        })
+        .collect();
+    assert!(
+        acked.len() >= 30,
+        "the load ran before the kill: {} acknowledged\n{}",
+        acked.len(),
+        r.describe()
+    );
+    assert!(acked.len() < 300, "the kill happened during the load");
+    eprintln!(
+        "{} REGISTERs acknowledged before the leader was killed",
+        acked.len()
+    );
+
+    // A new leader among the survivors ...
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = status(members[1].admin, work.path());
+        let leader = v["leader"]["id"].as_u64();
+        if matches!(leader, Some(2 | 3)) {
             break;
         }
-        assert!(Instant::now() < deadline, "binding not replicated: {out}");
+        assert!(Instant::now() < deadline, "no new leader: {v}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // ... and every acknowledged binding on both of them.
+    for m in &members[1..] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let have = registered(m, work.path());
+            let missing: Vec<&String> = acked.iter().filter(|u| !have.contains(*u)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} acknowledged bindings missing on {}: {missing:?}",
+                missing.len(),
+                m.addr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
