@@ -598,6 +598,7 @@ pub struct Sipp {
     remote: Option<String>,
     local_port: Option<u16>,
     local_ip: String,
+    netns: Option<String>,
     calls: u32,
     timeout_s: u32,
     args: Vec<String>,
@@ -689,6 +690,7 @@ impl Sipp {
             remote: None,
             local_port: None,
             local_ip: "127.0.0.1".into(),
+            netns: None,
             calls: 1,
             timeout_s: 20,
             args: Vec::new(),
@@ -703,6 +705,11 @@ impl Sipp {
     }
     pub fn local_port(mut self, port: u16) -> Self {
         self.local_port = Some(port);
+        self
+    }
+    /// Runs SIPp inside this network namespace (a lab host's).
+    pub fn in_netns(mut self, netns: impl ToString) -> Self {
+        self.netns = Some(netns.to_string());
         self
     }
     /// The address SIPp binds (default 127.0.0.1), e.g. a lab's bridge address.
@@ -732,7 +739,16 @@ impl Sipp {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(std::env::var("SIPP_BIN").unwrap_or_else(|_| "sipp".into()));
+        let sipp = std::env::var("SIPP_BIN").unwrap_or_else(|_| "sipp".into());
+        let mut c = match &self.netns {
+            // `ip netns exec` execs SIPp in place: killing the child kills SIPp.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &sipp]);
+                c
+            }
+            None => Command::new(sipp),
+        };
         c.arg("-sf").arg(&self.scenario);
         if let Some(r) = &self.remote {
             c.arg(r);

@@ -243,3 +243,108 @@ fn leader_killed_under_register_load_keeps_every_acknowledged_binding() {
         }
     }
 }
+
+/// One REGISTER of `user` (password pw<user>) with `scenario`, from inside lab host
+/// `from`'s namespace to `to`; true when SIPp saw what the scenario expects.
+fn register_from(
+    lab: &Lab,
+    from: usize,
+    to: SocketAddr,
+    user: &str,
+    scenario_name: &str,
+    work: &Path,
+) -> bool {
+    let csv = work.join(format!("{user}.csv"));
+    std::fs::write(&csv, format!("SEQUENTIAL\n{user};pw{user}\n")).unwrap();
+    let r = Sipp::new(&format!("reg-{user}"), scenario(scenario_name))
+        .in_netns(&lab.hosts[from].netns)
+        .remote(to)
+        .local_ip(lab.ip(from))
+        .local_port(5070)
+        .timeout_s(20)
+        .arg("-inf")
+        .arg(csv.display())
+        .key("expires", "3600")
+        .run()
+        .unwrap();
+    if !r.ok() {
+        eprintln!("{}", r.describe());
+    }
+    r.ok()
+}
+
+#[test]
+fn a_partitioned_leader_refuses_writes_and_catches_up_after_healing() {
+    let lab = Lab::create(3).expect("lab");
+    let work = tempfile::tempdir().unwrap();
+    let members = form_cluster(&lab, work.path(), NodeOpts::default().extensions);
+    assert_eq!(status(members[0].admin, work.path())["leader"]["id"], 1);
+
+    // Cut the leader off (its bridge port down).
+    lab.link_down(0).expect("link down");
+
+    // The majority elects a new leader and keeps registering phones.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = status(members[1].admin, work.path());
+        if matches!(v["leader"]["id"].as_u64(), Some(2 | 3)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        register_from(
+            &lab,
+            1,
+            members[1].addr,
+            "1002",
+            "register-load.xml",
+            work.path()
+        ),
+        "the majority side accepts a REGISTER"
+    );
+
+    // The old leader, alone, promises nothing: a phone on its side gets 503 + Retry-After.
+    assert!(
+        register_from(
+            &lab,
+            0,
+            members[0].addr,
+            "1003",
+            "register-unavailable.xml",
+            work.path()
+        ),
+        "the minority side refuses the REGISTER with 503"
+    );
+
+    // Healed: the old leader follows the new one and has what the majority wrote, and
+    // not what it could not commit.
+    lab.link_up(0).expect("link up");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = registered(&members[0], work.path());
+        if have.contains("1002") {
+            assert!(
+                !have.contains("1003"),
+                "an uncommitted write survived: {have:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not catch up: {have:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = status(members[0].admin, work.path());
+    assert!(matches!(v["leader"]["id"].as_u64(), Some(2 | 3)), "{v}");
+    for m in &members {
+        let have = registered(m, work.path());
+        assert!(
+            have.contains("1002") && !have.contains("1003"),
+            "{}: {have:?}",
+            m.addr
+        );
+    }
+}
