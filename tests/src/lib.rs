@@ -427,9 +427,20 @@ level = "{level}"
     /// Stop the node (TERM, KILL after 5 s) and start it again on the same config and data
     /// directory; waits until it answers OPTIONS again.
     pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// Stops the node (TERM, KILL after 5 s).
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, Duration::from_secs(5));
         }
+    }
+
+    /// Starts a stopped node again on the same config and data directory; waits until
+    /// it answers OPTIONS.
+    pub fn start_again(&mut self) -> Result<()> {
         let cfg = self.dir.join("node.toml");
         self.child = Some(spawn_node(
             &softswitch_bin(),

@@ -348,3 +348,65 @@ fn a_partitioned_leader_refuses_writes_and_catches_up_after_healing() {
         );
     }
 }
+
+#[test]
+fn all_members_stopped_and_started_again_keep_everything() {
+    let lab = Lab::create(3).expect("lab");
+    let work = tempfile::tempdir().unwrap();
+    let mut members = form_cluster(&lab, work.path(), NodeOpts::default().extensions);
+    assert!(register_from(
+        &lab,
+        1,
+        members[0].addr,
+        "1001",
+        "register-load.xml",
+        work.path()
+    ));
+    assert!(register_from(
+        &lab,
+        2,
+        members[0].addr,
+        "1002",
+        "register-load.xml",
+        work.path()
+    ));
+
+    // Stop all three (TERM), then start them again from their data dirs.
+    for m in members.iter_mut() {
+        m.stop();
+    }
+    for m in members.iter_mut() {
+        m.start_again().expect("restart");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let v = status(members[2].admin, work.path());
+        if let Some(l) = v["leader"]["id"].as_u64() {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader after the restart: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!((1..=3).contains(&leader));
+    for m in &members {
+        wait_ready(m.admin);
+        let have = registered(m, work.path());
+        assert!(
+            have.contains("1001") && have.contains("1002"),
+            "{}: {have:?}",
+            m.addr
+        );
+    }
+    // And it still takes new registrations.
+    assert!(register_from(
+        &lab,
+        1,
+        members[1].addr,
+        "1003",
+        "register-load.xml",
+        work.path()
+    ));
+}
