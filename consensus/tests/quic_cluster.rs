@@ -5,7 +5,7 @@
 mod common;
 
 use common::kv::{get, Kv, KvCmd};
-use common::{fast_config, WAIT};
+use common::{fast_config, wait_for, WAIT};
 use consensus::join::{JoinError, QuicConsensus, RunningNode};
 use consensus::net::{ClusterCa, NodeIdentity, QuicClient, QuicServer};
 use consensus::rpc::{RpcClient, RpcKind};
@@ -36,32 +36,6 @@ fn put(key: &str, value: &str) -> KvCmd {
         key: key.into(),
         value: value.into(),
     }
-}
-
-/// Waits until `node`'s status satisfies `pred`.
-async fn wait_for(node: &QuicConsensus<Kv>, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
-    let mut rx = node.watch();
-    let waited = tokio::time::timeout(WAIT, async {
-        loop {
-            {
-                let s = rx.borrow_and_update();
-                if pred(&s) {
-                    return s.clone();
-                }
-            }
-            if rx.changed().await.is_err() {
-                panic!("node {} stopped while waiting for {what}", node.id());
-            }
-        }
-    })
-    .await;
-    waited.unwrap_or_else(|_| {
-        panic!(
-            "node {}: timed out waiting for {what}; status {:?}",
-            node.id(),
-            node.status()
-        )
-    })
 }
 
 /// Waits until all `nodes` follow one leader among them; returns its id.

@@ -1213,3 +1213,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((status, body.to_string()))
 }
+
+/// Waits (bounded) until the admin API at `admin` answers `/readyz` with 200: the node
+/// is a cluster member with a known leader and has applied what it knows is committed.
+pub fn wait_admin_ready(admin: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = http_get(admin, "/readyz") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("node with admin API {admin} not ready within {limit:?}");
+}

@@ -9,19 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tests::netns::Lab;
-use tests::{http_get, run_bounded, scenario, switchctl_bin, Ext, Node, NodeOpts, Sipp, Value};
+use tests::{run_bounded, scenario, switchctl_bin, Ext, Node, NodeOpts, Sipp, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn wait_ready(admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok((200, _)) = http_get(admin, "/readyz") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("member at {admin} never became ready");
+    tests::wait_admin_ready(admin, Duration::from_secs(30));
 }
 
 /// Runs `cmd` (switchctl) bounded; returns stdout, failing the test on a non-zero exit.

@@ -68,14 +68,7 @@ fn start_joined(dir: &Path, raft: SocketAddr, admin: SocketAddr) -> Joined {
 }
 
 fn wait_ready(admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok((200, _)) = http_get(admin, "/readyz") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("node at {admin} never became ready");
+    tests::wait_admin_ready(admin, Duration::from_secs(20));
 }
 
 #[test]

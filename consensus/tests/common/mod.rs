@@ -52,8 +52,12 @@ pub async fn start_unplugged(net: &Arc<LocalNet>, root: &Path, id: NodeId, confi
     .unwrap()
 }
 
-/// Waits until `node`'s status satisfies `pred`.
-pub async fn wait_for(node: &Node, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
+/// Waits until `node`'s status satisfies `pred` (any transport).
+pub async fn wait_for<C: consensus::rpc::RpcClient>(
+    node: &Consensus<Kv, C>,
+    what: &str,
+    pred: impl Fn(&Status) -> bool,
+) -> Status {
     let mut rx = node.watch();
     let res = tokio::time::timeout(WAIT, async {
         loop {
