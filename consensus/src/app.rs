@@ -33,4 +33,11 @@ pub trait App: Send + Sync + 'static {
         batch: &mut rocksdb::WriteBatch,
         cmd: &Self::Command,
     ) -> Self::Response;
+
+    /// Called after a snapshot replaced the application's state (a lagging or new
+    /// member catching up): the entries it covers never pass through [`App::apply`]
+    /// here, so anything the application mirrors elsewhere must be rebuilt from `db`.
+    fn installed(&self, db: &rocksdb::DB) {
+        let _ = db;
+    }
 }

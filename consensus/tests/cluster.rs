@@ -264,6 +264,15 @@ async fn a_learner_catches_up_by_snapshot_and_becomes_a_voter() {
     wait_applied(&learner, index).await;
     let ls = wait_for(&learner, "learner role", |s| s.role == Role::Learner).await;
     assert!(ls.snapshot.is_some(), "learner got a snapshot: {ls:?}");
+    let learner_dir = dir_of(root.path(), 4);
+    assert!(
+        common::kv::INSTALLED
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.starts_with(&learner_dir)),
+        "the application heard of the installed snapshot"
+    );
     for n in [0, 2_500, 4_999] {
         let key = format!("key{n:05}");
         assert_eq!(

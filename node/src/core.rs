@@ -343,8 +343,8 @@ pub struct Core {
 pub struct ClusterFeeds {
     /// Outcomes of [`Written::Pending`] writes.
     pub written: mpsc::UnboundedReceiver<Completion>,
-    /// Applied binding and extension changes, in log order.
-    pub applied: mpsc::UnboundedReceiver<Command>,
+    /// Applied binding and extension changes, in log order, and snapshot installs.
+    pub applied: mpsc::UnboundedReceiver<crate::cluster::Applied>,
 }
 
 /// A REGISTER answer held until its binding is written: the transaction, the 200, and
@@ -464,6 +464,28 @@ impl Core {
         })
     }
 
+    /// What the replicated state reports: one change, or a whole new state.
+    pub fn on_replicated(&mut self, change: crate::cluster::Applied) {
+        match change {
+            crate::cluster::Applied::Change(cmd) => self.on_applied(cmd),
+            crate::cluster::Applied::Reset(state) => self.on_reset(state),
+        }
+    }
+
+    /// A snapshot replaced the replicated state: rebuild the bindings and the directory.
+    pub fn on_reset(&mut self, state: InitialState) {
+        self.registrar.bindings = crate::registrar::BindingTable::new();
+        for (aor, b) in state.bindings {
+            self.registrar.bindings.restore(&aor, b);
+        }
+        self.directory = Directory::new(state.extensions);
+        tracing::info!(
+            bindings = self.registrar.bindings.len(),
+            extensions = self.directory.len(),
+            "state replaced by a snapshot"
+        );
+    }
+
     /// A change applied to the replicated state: mirror it in memory. The change may be
     /// this node's own (already in memory: applying it again is harmless) or another
     /// member's.
@@ -497,8 +519,8 @@ impl Core {
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
             if let Some(a) = applied.as_mut() {
-                while let Ok(cmd) = a.try_recv() {
-                    self.on_applied(cmd);
+                while let Ok(change) = a.try_recv() {
+                    self.on_replicated(change);
                 }
             }
             if let Some(w) = written.as_mut() {
@@ -583,7 +605,7 @@ impl Core {
                     None => return,
                 },
                 c = change => match c {
-                    Some(cmd) => self.on_applied(cmd),
+                    Some(change) => self.on_replicated(change),
                     None => applied = None,
                 },
                 c = completion => match c {

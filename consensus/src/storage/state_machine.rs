@@ -379,11 +379,12 @@ impl<A: App> RaftStateMachine<TypeConfig> for StateMachine<A> {
         file.flush().await.map_err(snap_write)?;
         file.seek(io::SeekFrom::Start(0)).await.map_err(snap_read)?;
         let incoming = file.into_std().await;
-        let (db, app_cfs, dir, meta) = (
+        let (db, app_cfs, dir, meta, app) = (
             self.db.clone(),
             self.app_cfs.clone(),
             self.dir.clone(),
             meta.clone(),
+            self.app.clone(),
         );
         blocking(move || {
             let path = store_received(incoming, &meta, &app_cfs, &dir)?;
@@ -398,6 +399,7 @@ impl<A: App> RaftStateMachine<TypeConfig> for StateMachine<A> {
             db.db.write_opt(batch, &sync).map_err(sm_write)?;
             load_snapshot(&db, &app_cfs, &path, &meta)?;
             tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+            app.installed(&db.db);
             Ok(())
         })
         .await

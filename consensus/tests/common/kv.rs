@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 pub const CF_KV: &str = "kv";
 
+/// Databases (by path) that had a snapshot installed, as [`App::installed`] reports.
+pub static INSTALLED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KvCmd {
     Put {
@@ -55,6 +58,13 @@ impl App for Kv {
 
     fn column_families(&self) -> Vec<String> {
         vec![CF_KV.to_string()]
+    }
+
+    fn installed(&self, db: &DB) {
+        INSTALLED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(db.path().to_path_buf());
     }
 
     fn apply(&self, db: &DB, batch: &mut WriteBatch, cmd: &KvCmd) -> KvResp {

@@ -5,4 +5,4 @@ pub mod persist;
 pub mod state;
 
 pub use persist::ClusterPersist;
-pub use state::ReplicatedState;
+pub use state::{Applied, ReplicatedState};

@@ -2,20 +2,30 @@
 //! replicates: the same typed [`Command`]s that change a single node's store, applied
 //! by [`crate::store::stage`] to the same column families inside the consensus database.
 
+use crate::core::InitialState;
 use crate::store::{self, Command};
 use tokio::sync::mpsc;
+
+/// What the replicated state tells the SIP core.
+#[derive(Debug)]
+pub enum Applied {
+    /// A committed change (binding or extension) to mirror in memory.
+    Change(Command),
+    /// A snapshot replaced the whole state: rebuild the memory view from this.
+    Reset(InitialState),
+}
 
 /// The replicated state machine of a cluster member.
 #[derive(Debug, Default, Clone)]
 pub struct ReplicatedState {
     /// Where applied changes to what the SIP core keeps in memory (bindings,
     /// extensions) are sent, so every member's core follows the replicated state.
-    feed: Option<mpsc::UnboundedSender<Command>>,
+    feed: Option<mpsc::UnboundedSender<Applied>>,
 }
 
 impl ReplicatedState {
     /// A state machine that tells the core about every applied binding or extension change.
-    pub fn with_feed(feed: mpsc::UnboundedSender<Command>) -> Self {
+    pub fn with_feed(feed: mpsc::UnboundedSender<Applied>) -> Self {
         ReplicatedState { feed: Some(feed) }
     }
 }
@@ -51,7 +61,23 @@ impl consensus::App for ReplicatedState {
         }
         if let (Some(feed), Some(c)) = (&self.feed, for_core(cmd)) {
             // The core is gone only while the node stops.
-            let _ = feed.send(c);
+            let _ = feed.send(Applied::Change(c));
+        }
+    }
+
+    fn installed(&self, db: &rocksdb::DB) {
+        let Some(feed) = &self.feed else { return };
+        let state = store::bindings(db).and_then(|bindings| {
+            Ok(InitialState {
+                bindings,
+                extensions: store::extensions(db)?,
+            })
+        });
+        match state {
+            Ok(state) => {
+                let _ = feed.send(Applied::Reset(state));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the installed snapshot"),
         }
     }
 }

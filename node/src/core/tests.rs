@@ -801,4 +801,26 @@ fn a_member_without_a_leader_refuses_new_work_and_mirrors_applied_changes() {
     h.core.on_applied(Command::DeleteExtension("1002".into()));
     h.recv_text(A, &invite("1002", "z9hG4bKnl4"), 40);
     assert!(find(&h.take(), A, |m| is_status(m, 404)).is_some());
+
+    // A snapshot replaces everything: 1002 exists again but has no binding (and the
+    // caller 1001 is still trusted by address).
+    let ext = |n: &str, trusted: Vec<IpAddr>| Extension {
+        number: n.into(),
+        name: String::new(),
+        password: format!("pw{n}"),
+        max_contacts: None,
+        trusted_ips: trusted,
+    };
+    h.core
+        .on_replicated(crate::cluster::Applied::Reset(InitialState {
+            bindings: vec![],
+            extensions: vec![
+                ext("1001", vec!["127.0.0.1".parse().unwrap()]),
+                ext("1002", vec![]),
+            ],
+        }));
+    h.recv_text(A, &invite("1002", "z9hG4bKnl5"), 50);
+    let out = h.take();
+    assert!(find(&out, A, |m| is_status(m, 480)).is_some(), "{out:?}");
+    assert!(find(&out, B2, |m| is_req(m, Method::Invite)).is_none());
 }
