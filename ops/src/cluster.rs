@@ -1,4 +1,4 @@
-//! `switchctl cluster status|token|remove-node`: online commands against a running
+//! `switchctl cluster status|token|remove-node|leave`: online commands against a running
 //! node's admin API.
 
 use crate::client::Admin;
@@ -118,6 +118,29 @@ pub async fn remove(admin: &Admin, id: u64, output: Output) -> anyhow::Result<()
     match output {
         Output::Json => println!("{v}"),
         Output::Table => println!("node {id} removed from the cluster"),
+    }
+    Ok(())
+}
+
+/// Takes the node behind `admin` out of the cluster.
+pub async fn leave(admin: &Admin, output: Output) -> anyhow::Result<()> {
+    let v = admin.call(Method::GET, "/v1/cluster", None).await?;
+    let id = v["id"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the node did not say its id: {v}"))?;
+    let r = admin
+        .call(
+            Method::POST,
+            &format!("/v1/cluster/members/{id}/remove"),
+            None,
+        )
+        .await?;
+    match output {
+        Output::Json => println!("{r}"),
+        Output::Table => println!(
+            "node {id} left the cluster; stop it now (its data dir no longer belongs to the \
+             cluster: join again with a new token and an empty data dir)"
+        ),
     }
     Ok(())
 }

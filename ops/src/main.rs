@@ -68,6 +68,9 @@ enum ClusterAction {
         #[arg(long, default_value = "10m", value_parser = cluster::parse_ttl)]
         ttl: Duration,
     },
+    /// Take the node that `--admin` names out of the cluster (then stop it; its data
+    /// dir no longer belongs to the cluster).
+    Leave,
     /// Remove a node from the cluster.
     RemoveNode {
         /// The node's id (as `cluster status` lists it).
@@ -171,6 +174,7 @@ fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Re
             ClusterAction::Status => cluster::status(&admin, output).await,
             ClusterAction::Token { ttl } => cluster::token(&admin, ttl, output).await,
             ClusterAction::RemoveNode { id } => cluster::remove(&admin, id, output).await,
+            ClusterAction::Leave => cluster::leave(&admin, output).await,
             ClusterAction::Join {
                 token,
                 placement,

@@ -148,6 +148,26 @@ fn status_token_and_offline_join() {
     let (code, _, err) = switchctl(&dir, "token2", &admin2.to_string(), &["cluster", "token"]);
     assert_eq!(code, 1);
     assert!(err.contains("CA key"), "{err}");
+
+    // The second node leaves: the first one is alone again.
+    let (code, out, err) = switchctl(&dir, "leave", &admin2.to_string(), &["cluster", "leave"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("node 2 left the cluster"), "{out}");
+    let (code, out, err) = switchctl(
+        &dir,
+        "status-after-leave",
+        &admin,
+        &["--output", "json", "cluster", "status"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    let ids: Vec<u64> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [1], "{out}");
 }
 
 #[test]
