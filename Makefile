@@ -60,7 +60,10 @@ e2e: build deps-test
 test: lint unit e2e
 
 bench: build deps-bench
+	cargo build --release -p bench
 	bench/run.sh
+	@echo "# raft: 3 members in one process, QUIC mTLS on loopback, synced RocksDB logs"
+	$(BIN)/raft_commit
 
 clean:
 	cargo clean
