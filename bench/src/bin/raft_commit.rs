@@ -14,6 +14,7 @@ use node::sip::{Peer, Transport};
 use node::store::Command;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,38 @@ async fn start_cluster(
     Ok((nodes, servers))
 }
 
+/// Runs `tasks` proposers for `seconds`, proposer `k` sending `make(k, i)` for
+/// i = 0, 1, ...; returns the committed units per second (`per_entry` per entry).
+async fn concurrent(
+    leader: &Arc<ClusterMember>,
+    tasks: u64,
+    seconds: u64,
+    per_entry: u64,
+    make: fn(u64, u64) -> Command,
+) -> anyhow::Result<f64> {
+    let committed = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|k| {
+            let (leader, committed) = (leader.clone(), committed.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < until {
+                    if leader.propose(make(k, i)).await.is_ok() {
+                        committed.fetch_add(per_entry, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await?;
+    }
+    Ok(committed.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("RAFT_SECONDS")
@@ -133,63 +166,19 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 2. Concurrent proposers, one binding per entry.
-    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let t0 = Instant::now();
-    let tasks: Vec<_> = (0..64u64)
-        .map(|k| {
-            let (leader, committed) = (leader.clone(), committed.clone());
-            tokio::spawn(async move {
-                let mut i = 0u64;
-                while Instant::now() < until {
-                    if leader.propose(binding(k * 1_000_000 + i)).await.is_ok() {
-                        committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    i += 1;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await?;
-    }
-    let entries = committed.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "commits_per_s concurrent=64 entries={:.0}",
-        entries as f64 / t0.elapsed().as_secs_f64()
-    );
+    let entries = concurrent(&leader, 64, seconds, 1, |k, i| binding(k * 1_000_000 + i)).await?;
+    println!("commits_per_s concurrent=64 entries={entries:.0}");
 
     // 3. Batches of 128 bindings per entry, as the SIP core commits REGISTERs.
-    let committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let t0 = Instant::now();
-    let tasks: Vec<_> = (0..8u64)
-        .map(|k| {
-            let (leader, committed) = (leader.clone(), committed.clone());
-            tokio::spawn(async move {
-                let mut i = 0u64;
-                while Instant::now() < until {
-                    let batch = (0..128).map(|j| binding(k * 10_000_000 + i * 128 + j));
-                    if leader
-                        .propose(Command::Batch(batch.collect()))
-                        .await
-                        .is_ok()
-                    {
-                        committed.fetch_add(128, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    i += 1;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await?;
-    }
-    let bindings = committed.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "bindings_per_s batch=128 concurrent=8 bindings={:.0}",
-        bindings as f64 / t0.elapsed().as_secs_f64()
-    );
+    let bindings = concurrent(&leader, 8, seconds, 128, |k, i| {
+        Command::Batch(
+            (0..128)
+                .map(|j| binding(k * 10_000_000 + i * 128 + j))
+                .collect(),
+        )
+    })
+    .await?;
+    println!("bindings_per_s batch=128 concurrent=8 bindings={bindings:.0}");
 
     for s in servers {
         s.shutdown().await;
