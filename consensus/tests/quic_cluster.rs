@@ -96,19 +96,18 @@ async fn join(token: &JoinToken, root: &TempDir, name: &str, id: Option<NodeId>)
         .unwrap()
 }
 
+/// Node 1 creates the cluster and leads it.
+async fn first_node(root: &TempDir, config: consensus::Config) -> Node {
+    let n1 = init_cluster(dir(root, "n1"), 1, any_port(), "127.0.0.1:8001", Kv, config)
+        .await
+        .unwrap();
+    wait_for(&n1.consensus, "leadership", |s| s.role == Role::Leader).await;
+    n1
+}
+
 /// Node 1 creates the cluster; two nodes join it with tokens.
 async fn three_nodes(root: &TempDir) -> Vec<Node> {
-    let n1 = init_cluster(
-        dir(root, "n1"),
-        1,
-        any_port(),
-        "127.0.0.1:8001",
-        Kv,
-        fast_config(),
-    )
-    .await
-    .unwrap();
-    wait_for(&n1.consensus, "leadership", |s| s.role == Role::Leader).await;
+    let n1 = first_node(root, fast_config()).await;
     let n2 = join(&token(&n1), root, "n2", None).await;
     // Id 2 is taken: the next free one after the highest is given instead.
     let n3 = join(&token(&n1), root, "n3", Some(2)).await;
@@ -218,17 +217,7 @@ async fn bare_member(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_forged_and_expired_tokens_are_refused() {
     let root = TempDir::new().unwrap();
-    let n1 = init_cluster(
-        dir(&root, "n1"),
-        1,
-        any_port(),
-        "127.0.0.1:8001",
-        Kv,
-        fast_config(),
-    )
-    .await
-    .unwrap();
-    wait_for(&n1.consensus, "leadership", |s| s.role == Role::Leader).await;
+    let n1 = first_node(&root, fast_config()).await;
     let used = token(&n1);
     let n2 = join(&used, &root, "n2", None).await;
     let nodes = vec![n1, n2];
@@ -441,17 +430,7 @@ async fn forwarding_to_a_dead_leader_names_it() {
         election_timeout_max: Duration::from_secs(11),
         ..fast_config()
     };
-    let n1 = init_cluster(
-        dir(&root, "n1"),
-        1,
-        any_port(),
-        "127.0.0.1:8001",
-        Kv,
-        config.clone(),
-    )
-    .await
-    .unwrap();
-    wait_for(&n1.consensus, "leadership", |s| s.role == Role::Leader).await;
+    let n1 = first_node(&root, config.clone()).await;
     let t = token(&n1);
     let joined = join_cluster(&t, any_port(), "x", dir(&root, "n2"), Kv, config, None);
     let n2 = tokio::time::timeout(WAIT, joined).await.unwrap().unwrap();

@@ -655,15 +655,11 @@ impl Core {
         ctx!(self, now)
     }
 
-    /// True for a request that starts new work (a call, a registration) and waited in the
-    /// queue longer than `sip.max_queue_delay_ms`: the node is behind, and answering it
-    /// 503 at once sheds load before retransmissions multiply it. Responses and in-dialog
-    /// requests are always processed, so calls in progress finish.
-    fn overloaded(&self, msg: &SipMessage, received: Instant, now: Instant) -> bool {
-        self.starts_new_work(msg) && now.saturating_duration_since(received) > self.max_queue_delay
-    }
-
-    /// A REGISTER, or an INVITE outside a dialog.
+    /// A REGISTER, or an INVITE outside a dialog: work that the node may refuse with 503
+    /// when it waited in the queue longer than `sip.max_queue_delay_ms` (the node is
+    /// behind, and answering at once sheds load before retransmissions multiply it) or
+    /// when the node is cut off from its cluster. Responses and in-dialog requests are
+    /// always processed, so calls in progress finish.
     fn starts_new_work(&self, msg: &SipMessage) -> bool {
         matches!(msg.method(), Some(Method::Invite | Method::Register)) && msg.to_tag().is_none()
     }
@@ -676,21 +672,23 @@ impl Core {
             from,
             received,
         } = inbound;
-        if self.starts_new_work(&msg) && !self.can_commit() {
-            // Cut off from the majority: promise nothing (issue: REGISTER and INVITE
-            // get 503 until the node is back).
-            self.metrics.inc(&self.metrics.no_quorum_rejects);
-            let mut r = msg.response(503, "Service Unavailable");
-            r.headers.push("Retry-After", "5");
-            self.outbox.push((reply_target(&msg, from), r.to_bytes()));
-            return;
-        }
-        if self.overloaded(&msg, received, now) {
-            self.metrics.inc(&self.metrics.overload_rejects);
-            let mut r = msg.response(503, "Service Unavailable");
-            r.headers.push("Retry-After", "5");
-            self.outbox.push((reply_target(&msg, from), r.to_bytes()));
-            return;
+        // New work is refused at once while it cannot be promised (cut off from the
+        // cluster majority) or has waited too long (overload); the To tag is parsed once.
+        if self.starts_new_work(&msg) {
+            let refused = if !self.can_commit() {
+                Some(&self.metrics.no_quorum_rejects)
+            } else if now.saturating_duration_since(received) > self.max_queue_delay {
+                Some(&self.metrics.overload_rejects)
+            } else {
+                None
+            };
+            if let Some(counter) = refused {
+                self.metrics.inc(counter);
+                let mut r = msg.response(503, "Service Unavailable");
+                r.headers.push("Retry-After", "5");
+                self.outbox.push((reply_target(&msg, from), r.to_bytes()));
+                return;
+            }
         }
         let actions = if msg.is_request() {
             stamp_via(&mut msg, from);

@@ -108,18 +108,23 @@ pub async fn token(admin: &Admin, ttl: Duration, output: Output) -> anyhow::Resu
 
 /// Removes a member.
 pub async fn remove(admin: &Admin, id: u64, output: Output) -> anyhow::Result<()> {
-    let v = admin
-        .call(
-            Method::POST,
-            &format!("/v1/cluster/members/{id}/remove"),
-            None,
-        )
-        .await?;
+    let v = remove_member(admin, id).await?;
     match output {
         Output::Json => println!("{v}"),
         Output::Table => println!("node {id} removed from the cluster"),
     }
     Ok(())
+}
+
+/// Asks the node behind `admin` to remove member `id` (forwarded to the leader).
+async fn remove_member(admin: &Admin, id: u64) -> anyhow::Result<Value> {
+    admin
+        .call(
+            Method::POST,
+            &format!("/v1/cluster/members/{id}/remove"),
+            None,
+        )
+        .await
 }
 
 /// Takes the node behind `admin` out of the cluster.
@@ -128,13 +133,7 @@ pub async fn leave(admin: &Admin, output: Output) -> anyhow::Result<()> {
     let id = v["id"]
         .as_u64()
         .ok_or_else(|| anyhow!("the node did not say its id: {v}"))?;
-    let r = admin
-        .call(
-            Method::POST,
-            &format!("/v1/cluster/members/{id}/remove"),
-            None,
-        )
-        .await?;
+    let r = remove_member(admin, id).await?;
     match output {
         Output::Json => println!("{r}"),
         Output::Table => println!(

@@ -30,6 +30,15 @@ impl ReplicatedState {
     }
 }
 
+/// True when applying `cmd` numbers a CDR.
+fn has_cdr(cmd: &Command) -> bool {
+    match cmd {
+        Command::AppendCdr(_) => true,
+        Command::Batch(inner) => inner.iter().any(has_cdr),
+        _ => false,
+    }
+}
+
 /// The part of `cmd` the core mirrors in memory (CDRs and markers it does not).
 fn for_core(cmd: &Command) -> Option<Command> {
     match cmd {
@@ -53,8 +62,15 @@ impl consensus::App for ReplicatedState {
     fn apply(&self, db: &rocksdb::DB, batch: &mut rocksdb::WriteBatch, cmd: &Command) {
         // Consensus created the column families, so these fail only on a broken disk;
         // the entry is then logged and skipped on this replica rather than stopping it.
-        let staged = store::next_cdr_number(db)
-            .and_then(|mut next| store::stage(db, batch, std::slice::from_ref(cmd), &mut next));
+        // The CDR counter is read only for commands that number CDRs: most entries are
+        // binding changes, and this runs for every entry on every member.
+        let next = if has_cdr(cmd) {
+            store::next_cdr_number(db)
+        } else {
+            Ok(0)
+        };
+        let staged =
+            next.and_then(|mut next| store::stage(db, batch, std::slice::from_ref(cmd), &mut next));
         if let Err(e) = staged {
             tracing::error!(error = %e, ?cmd, "replicated command not applied");
             return;
