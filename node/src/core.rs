@@ -199,8 +199,8 @@ pub struct SipCtx<'a> {
     pub out: &'a mut Vec<Action>,
     /// Local addressing.
     pub local: &'a mut Local,
-    /// Where CDRs are written.
-    pub persist: &'a mut dyn Persist,
+    /// Changes for the next batched write (CDRs, call records).
+    pub writes: &'a mut Vec<Command>,
     /// Counters.
     pub metrics: &'a Metrics,
     /// The time of the event being handled.
@@ -246,12 +246,10 @@ impl SipCtx<'_> {
         }
     }
 
-    /// Appends a CDR (a failure is counted and logged, never fatal).
-    pub fn write_cdr(&mut self, cdr: crate::calls::cdr::Cdr) {
-        if let Written::Done(Err(e)) = self.persist.write(0, vec![Command::AppendCdr(cdr)]) {
-            self.metrics.inc(&self.metrics.store_errors);
-            tracing::error!(error = %e, "CDR write failed");
-        }
+    /// Queues a change for the write that ends the current batch of messages (a
+    /// failure is counted and logged, never fatal to a call).
+    pub fn write(&mut self, cmd: Command) {
+        self.writes.push(cmd);
     }
 }
 
@@ -279,7 +277,7 @@ macro_rules! ctx {
             txn: &mut $core.txn,
             out: &mut $core.out,
             local: &mut $core.local,
-            persist: &mut *$core.persist,
+            writes: &mut $core.pending_writes,
             metrics: &$core.metrics,
             now: $now,
         }
@@ -328,8 +326,8 @@ pub struct Core {
     local: Local,
     out: Vec<Action>,
     next_sweep: Option<Instant>,
-    /// Binding changes waiting for the next batched store write.
-    pending_bindings: Vec<Command>,
+    /// Changes (bindings, call records, CDRs) waiting for the next batched store write.
+    pending_writes: Vec<Command>,
     /// REGISTER responses waiting for that write.
     held: Vec<Held>,
     /// New INVITEs and REGISTERs queued longer than this are refused with 503.
@@ -338,13 +336,15 @@ pub struct Core {
     cluster: Option<watch::Receiver<consensus::Status>>,
 }
 
-/// What a cluster member's core hears besides SIP: writes that finished, and every
-/// change applied to the replicated state (from any member) that it mirrors in memory.
-pub struct ClusterFeeds {
+/// What the core hears besides SIP: writes that finished (a cluster member's), and
+/// every change applied to the state by others (cluster members, the admin API) that
+/// it mirrors in memory.
+#[derive(Default)]
+pub struct Feeds {
     /// Outcomes of [`Written::Pending`] writes.
-    pub written: mpsc::UnboundedReceiver<Completion>,
+    pub written: Option<mpsc::UnboundedReceiver<Completion>>,
     /// Applied binding and extension changes, in log order, and snapshot installs.
-    pub applied: mpsc::UnboundedReceiver<crate::cluster::Applied>,
+    pub applied: Option<mpsc::UnboundedReceiver<crate::cluster::Applied>>,
 }
 
 /// A REGISTER answer held until its binding is written: the transaction, the 200, and
@@ -425,6 +425,7 @@ impl Core {
             calls: Calls::new(CallsConfig {
                 ring_timeout: Duration::from_secs(cfg.calls.ring_timeout_secs),
                 max_calls: cfg.calls.max_calls,
+                node: cfg.node.id,
             }),
             persist,
             next_write: 0,
@@ -435,7 +436,7 @@ impl Core {
             metrics,
             out: Vec::new(),
             next_sweep: None,
-            pending_bindings: Vec::new(),
+            pending_writes: Vec::new(),
             held: Vec::new(),
             max_queue_delay: Duration::from_millis(cfg.sip.max_queue_delay_ms),
             cluster: None,
@@ -495,10 +496,14 @@ impl Core {
             Command::RemoveBinding { aor, contact } => {
                 self.registrar.bindings.remove(&aor, &contact);
             }
-            Command::UpsertExtension(e) => self.directory.upsert(e),
-            Command::DeleteExtension(n) => self.directory.remove(&n),
+            Command::PutExtension { extension, .. } => self.directory.upsert(extension),
+            Command::RemoveExtension { number, .. } => self.directory.remove(&number),
             Command::Batch(inner) => inner.into_iter().for_each(|c| self.on_applied(c)),
-            Command::AppendCdr(_) | Command::MarkSeeded => {}
+            Command::AppendCdr(_)
+            | Command::MarkSeeded
+            | Command::StartCall(_)
+            | Command::AnswerCall(_)
+            | Command::EndCall { .. } => {}
         }
     }
 
@@ -510,12 +515,12 @@ impl Core {
         mut self,
         mut rx: mpsc::Receiver<Inbound>,
         mut udp: Option<UdpIngress>,
-        feeds: Option<ClusterFeeds>,
+        feeds: Feeds,
     ) {
-        let (mut written, mut applied) = match feeds {
-            Some(f) => (Some(f.written), Some(f.applied)),
-            None => (None, None),
-        };
+        let Feeds {
+            mut written,
+            mut applied,
+        } = feeds;
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
             if let Some(a) = applied.as_mut() {
@@ -644,11 +649,11 @@ impl Core {
             let changes = self.registrar.bindings.sweep(unix_now(SystemTime::now()));
             // Every member forgets expired bindings; only one writes their removal.
             if self.owns_side_effects() {
-                let cmds: Vec<Command> = changes.into_iter().map(binding_command).collect();
-                self.write_bindings(cmds);
+                self.pending_writes
+                    .extend(changes.into_iter().map(binding_command));
             }
         }
-        self.wire.send_all(&mut self.outbox);
+        self.commit(now);
     }
 
     fn ctx(&mut self, now: Instant) -> SipCtx<'_> {
@@ -894,19 +899,19 @@ impl Core {
         }
         // The 200 promises that the binding is stored: hold it until the batched write
         // in `commit` succeeds, and answer 500 if it fails.
-        self.pending_bindings
+        self.pending_writes
             .extend(outcome.changes.into_iter().map(binding_command));
         let mut refusal = msg.response(503, "Service Unavailable");
         refusal.headers.push("Retry-After", "5");
         self.held.push((key, outcome.response, refusal));
     }
 
-    /// Starts one write for the binding changes of the messages handled since the last
-    /// commit, releases the responses that promised them as soon as it is done, and sends
+    /// Starts one write for the changes of the messages (and timers) handled since the
+    /// last commit, releases the responses that promised them as soon as it is done, and sends
     /// everything queued since the last commit.
     pub fn commit(&mut self, now: Instant) {
-        if !self.held.is_empty() || !self.pending_bindings.is_empty() {
-            let cmds = std::mem::take(&mut self.pending_bindings);
+        if !self.held.is_empty() || !self.pending_writes.is_empty() {
+            let cmds = std::mem::take(&mut self.pending_writes);
             let held = std::mem::take(&mut self.held);
             self.next_write += 1;
             let id = self.next_write;
@@ -946,17 +951,6 @@ impl Core {
             ctx.respond(&key, if ok { response } else { refusal });
         }
         self.flush(now);
-    }
-
-    /// Writes binding changes that no answer waits for (expiry).
-    fn write_bindings(&mut self, cmds: Vec<Command>) {
-        if cmds.is_empty() {
-            return;
-        }
-        if let Written::Done(Err(e)) = self.persist.write(0, cmds) {
-            self.metrics.inc(&self.metrics.store_errors);
-            tracing::error!(error = %e, "binding write failed");
-        }
     }
 
     /// Who is calling: an extension trusted by source IP, or one proven by digest (407).

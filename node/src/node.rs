@@ -3,12 +3,12 @@
 
 use crate::cluster::{ClusterPersist, ReplicatedState};
 use crate::config::NodeConfig;
-use crate::core::{ClusterFeeds, Completion, Core, InitialState, Local};
+use crate::core::{Completion, Core, Feeds, InitialState, Local};
 use crate::metrics::Metrics;
 use crate::persist::{LocalStore, Persist};
 use crate::routing::PbxSeed;
 use crate::sip::transport::{TransportConfig, Transports};
-use crate::store::{self, Command, Store};
+use crate::store::{self, Command, Expect, Store};
 use anyhow::Context;
 use consensus::join::{init_cluster, open_member, JoinError, QuicConsensus, RunningNode};
 use std::path::Path;
@@ -58,7 +58,10 @@ fn seed_commands(cfg: &NodeConfig) -> anyhow::Result<Vec<Command>> {
     let mut cmds: Vec<Command> = seed
         .extensions
         .into_iter()
-        .map(Command::UpsertExtension)
+        .map(|extension| Command::PutExtension {
+            extension,
+            expect: Expect::Any,
+        })
         .collect();
     cmds.push(Command::MarkSeeded);
     Ok(cmds)
@@ -234,7 +237,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // committed before the core runs is missed, it waits in the channel.
     let (applied_tx, applied_rx) = mpsc::unbounded_channel();
     let backing = if cfg.cluster.enabled {
-        start_cluster(&cfg, ReplicatedState::with_feed(applied_tx)).await?
+        start_cluster(&cfg, ReplicatedState::with_feed(applied_tx.clone())).await?
     } else {
         Backing::Local(Arc::new(open_store(&cfg)?))
     };
@@ -263,10 +266,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let udp = transports.udp_ingress();
     let state = backing.initial_state()?;
     let (persist, written) = backing.persist();
-    let feeds = written.map(|written| ClusterFeeds {
+    let feeds = Feeds {
         written,
-        applied: applied_rx,
-    });
+        applied: Some(applied_rx),
+    };
     let mut core = Core::new(
         &cfg,
         state,
@@ -290,6 +293,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             enroller: match &backing {
                 Backing::Cluster { _enroller, .. } => _enroller.clone(),
                 Backing::Local(_) => None,
+            },
+            data: match &backing {
+                Backing::Cluster { member, .. } => {
+                    crate::admin::Data::Cluster(Arc::downgrade(member))
+                }
+                Backing::Local(store) => crate::admin::Data::Local {
+                    store: store.clone(),
+                    feed: applied_tx,
+                },
             },
         });
         let addr = crate::admin::start(cfg.admin.listen, state)

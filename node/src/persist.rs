@@ -32,6 +32,11 @@ pub struct LocalStore(pub Arc<Store>);
 
 impl Persist for LocalStore {
     fn write(&mut self, _id: WriteId, cmds: Vec<Command>) -> Written {
-        Written::Done(self.0.apply_all(&cmds).map_err(|e| e.to_string()))
+        Written::Done(
+            self.0
+                .apply_all(&cmds)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        )
     }
 }

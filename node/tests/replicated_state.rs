@@ -10,7 +10,7 @@ use node::persist::{Persist, Written};
 use node::registrar::Binding;
 use node::routing::Extension;
 use node::sip::{Peer, Transport};
-use node::store::{self, Command};
+use node::store::{self, Command, Expect, Outcome};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -124,14 +124,53 @@ async fn commands_written_on_a_follower_are_read_back_on_every_member() {
         },
         user_agent: Some("phone".into()),
     };
+    // Versioned configuration: a create conflicts with an existing extension, and a
+    // change based on an outdated version conflicts with the newer one, wherever
+    // each was proposed.
+    let alice = Extension {
+        number: "1001".into(),
+        name: "Alice".into(),
+        password: "pw1001".into(),
+        max_contacts: None,
+        trusted_ips: vec![],
+    };
+    let put = |name: &str, expect: Expect| Command::PutExtension {
+        extension: Extension {
+            name: name.into(),
+            ..alice.clone()
+        },
+        expect,
+    };
+    let other = nodes.iter().find(|n| n.id() != follower.id()).unwrap();
+    assert_eq!(
+        follower.propose(put("Al", Expect::Absent)).await.unwrap(),
+        Outcome::Version(1)
+    );
+    assert_eq!(
+        other.propose(put("Bob", Expect::Absent)).await.unwrap(),
+        Outcome::Conflict {
+            exists: true,
+            version: 1
+        }
+    );
+    assert_eq!(
+        other
+            .propose(put("Alice", Expect::Version(1)))
+            .await
+            .unwrap(),
+        Outcome::Version(2)
+    );
+    assert_eq!(
+        follower
+            .propose(put("Stale", Expect::Version(1)))
+            .await
+            .unwrap(),
+        Outcome::Conflict {
+            exists: true,
+            version: 2
+        }
+    );
     let cmds = vec![
-        Command::UpsertExtension(Extension {
-            number: "1001".into(),
-            name: "Alice".into(),
-            password: "pw".into(),
-            max_contacts: None,
-            trusted_ips: vec![],
-        }),
         Command::PutBinding {
             aor: "1001".into(),
             binding: binding.clone(),
@@ -157,7 +196,12 @@ async fn commands_written_on_a_follower_are_read_back_on_every_member() {
             })
             .unwrap();
         assert_eq!(exts.len(), 1, "node {}", n.id());
-        assert_eq!(exts[0].name, "Alice");
+        assert_eq!(
+            exts[0].name, "Alice",
+            "the stale change was refused everywhere"
+        );
+        let version = n.read(|db| store::extension(db, "1001").unwrap()).unwrap();
+        assert_eq!(version.map(|(_, v)| v), Some(2));
         assert_eq!(binds.len(), 1);
         assert_eq!(binds[0].0, "1001");
         assert_eq!(binds[0].1.contact, binding.contact);

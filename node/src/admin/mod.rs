@@ -4,7 +4,11 @@
 
 mod body;
 mod cluster;
+mod data;
+mod extensions;
 mod reply;
+
+pub use data::Data;
 
 use crate::cluster::ReplicatedState;
 use crate::metrics::Metrics;
@@ -39,6 +43,8 @@ pub struct AdminState {
     pub member: Option<Weak<QuicConsensus<ReplicatedState>>>,
     /// Issues join tokens; `None` unless this node holds the cluster CA key.
     pub enroller: Option<Arc<Enroller>>,
+    /// The node's state (extensions, calls).
+    pub data: Data,
 }
 
 /// Binds the listener (so a taken port fails the node's start-up) and serves it until
@@ -116,6 +122,25 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Reply {
         "/v1/cluster/tokens" => return not_allowed(&method, &path, "POST"),
         _ => {}
     }
+    match path.as_str() {
+        "/v1/extensions" if method == Method::GET => return extensions::list(&state.data),
+        "/v1/extensions" if method == Method::POST => {
+            return extensions::create(&state.data, req.into_body()).await
+        }
+        "/v1/extensions" => return not_allowed(&method, &path, "GET, POST"),
+        "/v1/calls" if method == Method::GET => return calls(&state.data),
+        "/v1/calls" => return not_allowed(&method, &path, "GET"),
+        _ => {}
+    }
+    if let Some(number) = path.strip_prefix("/v1/extensions/") {
+        let data = &state.data;
+        return match method {
+            Method::GET => extensions::get(data, number),
+            Method::PATCH => extensions::change(data, number, req.into_body()).await,
+            Method::DELETE => extensions::remove(data, number, req.uri().query()).await,
+            _ => not_allowed(&method, &path, "GET, PATCH, DELETE"),
+        };
+    }
     if let Some(rest) = path.strip_prefix("/v1/cluster/members/") {
         match rest.split_once('/') {
             None if method == Method::DELETE => return cluster::remove(state, rest).await,
@@ -141,6 +166,17 @@ fn healthz(state: &AdminState) -> Reply {
             "uptime_secs": state.started.elapsed().as_secs(),
         }),
     )
+}
+
+/// `GET /v1/calls`: the calls in progress (cluster-wide in a cluster), oldest first.
+fn calls(data: &Data) -> Reply {
+    match data.read(crate::store::calls) {
+        Ok(mut all) => {
+            all.sort_by(|a, b| a.start.cmp(&b.start));
+            json(StatusCode::OK, serde_json::json!({ "calls": all }))
+        }
+        Err(r) => *r,
+    }
 }
 
 /// The node's counters by name.
@@ -174,12 +210,18 @@ mod tests {
     async fn health_counters_and_errors() {
         let metrics = Arc::new(Metrics::default());
         metrics.inc(&metrics.registrations_ok);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
         let state = Arc::new(AdminState {
             node_id: 7,
             metrics,
             started: Instant::now(),
             member: None,
             enroller: None,
+            data: Data::Local {
+                store,
+                feed: tokio::sync::mpsc::unbounded_channel().0,
+            },
         });
         let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
 

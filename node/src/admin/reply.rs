@@ -21,3 +21,11 @@ pub fn json(status: StatusCode, body: serde_json::Value) -> Reply {
 pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json(status, serde_json::json!({ "error": message.into() }))
 }
+
+/// 400 for a request field that breaks a rule, naming the field.
+pub fn field_error(field: &str, reason: &str) -> Reply {
+    json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({ "error": format!("{field}: {reason}"), "field": field }),
+    )
+}

@@ -6,6 +6,7 @@
 //! each other's identifiers; SDP passes through unchanged (the media issue anchors it).
 
 pub mod cdr;
+pub mod record;
 
 use crate::core::SipCtx;
 use crate::registrar::Binding;
@@ -14,9 +15,11 @@ use crate::sip::dialog::Dialog;
 use crate::sip::message::{uri_user, Method, SipMessage};
 use crate::sip::transaction::TxKey;
 use crate::sip::Peer;
+use crate::store::Command;
 use crate::FastMap;
 use bytes::Bytes;
 use cdr::{classify_failure, rfc3339, secs_between, Cdr, Disposition};
+use record::{CallRecord, Leg, Legs};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,6 +31,8 @@ pub struct CallsConfig {
     pub ring_timeout: Duration,
     /// Most simultaneous calls; beyond it new INVITEs get 503.
     pub max_calls: usize,
+    /// This node's id, written in the replicated call records.
+    pub node: u64,
 }
 
 /// Which leg of a call.
@@ -153,6 +158,32 @@ impl Call {
         }
     }
 
+    /// The call as the replicated state records it.
+    fn record(&self, node: u64) -> CallRecord {
+        let leg = |dialog: &Option<Dialog>, peer: Option<Peer>| {
+            Some(Leg {
+                dialog: dialog.clone()?,
+                peer: peer?,
+            })
+        };
+        let legs = match (
+            leg(&self.a_dialog, Some(self.a_peer)),
+            leg(&self.b_dialog, self.b_peer),
+        ) {
+            (Some(a), Some(b)) => Some(Legs { a, b }),
+            _ => None,
+        };
+        CallRecord {
+            call_id: self.a_call_id.clone(),
+            node,
+            caller: self.caller.clone(),
+            callee: self.callee.clone(),
+            start: rfc3339(self.start),
+            answer: self.answer.map(rfc3339),
+            legs,
+        }
+    }
+
     fn ack_slot(&mut self, side: Side) -> &mut Option<SentAck> {
         &mut self.acks[match side {
             Side::A => 0,
@@ -240,7 +271,7 @@ impl Calls {
             ctx.respond(&key, r);
             let (disposition, default_cause) = classify_failure(code);
             ctx.metrics.inc(&ctx.metrics.calls_attempted);
-            ctx.write_cdr(Cdr {
+            ctx.write(Command::AppendCdr(Cdr {
                 call_id: invite.call_id().unwrap_or_default().to_string(),
                 caller: caller.clone(),
                 callee: callee.clone(),
@@ -253,7 +284,7 @@ impl Calls {
                 hangup_cause: cause.unwrap_or(default_cause).to_string(),
                 sip_status: code,
                 hangup_by: None,
-            });
+            }));
         };
         if self.live >= self.cfg.max_calls {
             ctx.metrics.inc(&ctx.metrics.overload_rejects);
@@ -335,34 +366,32 @@ impl Calls {
         self.ring_timers
             .push(Reverse((ctx.now + self.cfg.ring_timeout, id)));
         self.live += 1;
-        self.calls.insert(
-            id,
-            Call {
-                caller,
-                callee,
-                a_invite: invite,
-                a_key: key,
-                a_peer: from,
-                a_tag,
-                a_call_id,
-                a_dialog: None,
-                b_call_id,
-                b_tag,
-                forks,
-                winner: None,
-                b_dialog: None,
-                b_peer: None,
-                phase: Phase::Calling,
-                start,
-                answer: None,
-                best_failure: None,
-                owed_ack: None,
-                acks: [None, None],
-                reinvite_pending: false,
-                open_tx: n,
-                a_tx_open: true,
-            },
-        );
+        let call = self.calls.entry(id).or_insert(Call {
+            caller,
+            callee,
+            a_invite: invite,
+            a_key: key,
+            a_peer: from,
+            a_tag,
+            a_call_id,
+            a_dialog: None,
+            b_call_id,
+            b_tag,
+            forks,
+            winner: None,
+            b_dialog: None,
+            b_peer: None,
+            phase: Phase::Calling,
+            start,
+            answer: None,
+            best_failure: None,
+            owed_ack: None,
+            acks: [None, None],
+            reinvite_pending: false,
+            open_tx: n,
+            a_tx_open: true,
+        });
+        ctx.write(Command::StartCall(Box::new(call.record(self.cfg.node))));
     }
 
     /// A response on one of our client transactions.
@@ -452,6 +481,7 @@ impl Calls {
                 // The ACK to B waits for A's ACK so an answer carried in it reaches B.
                 call.owed_ack = Some((Side::B, 1));
                 ctx.respond(&call.a_key.clone(), r);
+                ctx.write(Command::AnswerCall(Box::new(call.record(self.cfg.node))));
             }
             _ => {
                 call.forks[i].done = true;
@@ -535,7 +565,10 @@ impl Calls {
         call.phase = Phase::Ended;
         self.live = self.live.saturating_sub(1);
         let end = SystemTime::now();
-        ctx.write_cdr(Cdr {
+        ctx.write(Command::EndCall {
+            call_id: call.a_call_id.clone(),
+        });
+        ctx.write(Command::AppendCdr(Cdr {
             call_id: call.a_call_id.clone(),
             caller: call.caller.clone(),
             callee: call.callee.clone(),
@@ -551,7 +584,7 @@ impl Calls {
                 Side::A => "caller".to_string(),
                 Side::B => "callee".to_string(),
             }),
-        });
+        }));
         call.shed();
         self.reap(id);
     }

@@ -53,7 +53,11 @@ impl<C: RpcClient> Persist for ClusterPersist<C> {
             self.in_flight.clone(),
         );
         tokio::spawn(async move {
-            let result = consensus.propose(cmd).await.map_err(|e| e.to_string());
+            let result = consensus
+                .propose(cmd)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             in_flight.fetch_sub(1, Ordering::Relaxed);
             // The core is gone only when the node stops.
             let _ = done.send((id, result));

@@ -3,7 +3,7 @@
 //! by [`crate::store::stage`] to the same column families inside the consensus database.
 
 use crate::core::InitialState;
-use crate::store::{self, Command};
+use crate::store::{self, Command, Outcome};
 use tokio::sync::mpsc;
 
 /// What the replicated state tells the SIP core.
@@ -39,27 +39,15 @@ fn has_cdr(cmd: &Command) -> bool {
     }
 }
 
-/// The part of `cmd` the core mirrors in memory (CDRs and markers it does not).
-fn for_core(cmd: &Command) -> Option<Command> {
-    match cmd {
-        Command::AppendCdr(_) | Command::MarkSeeded => None,
-        Command::Batch(inner) => {
-            let kept: Vec<Command> = inner.iter().filter_map(for_core).collect();
-            (!kept.is_empty()).then_some(Command::Batch(kept))
-        }
-        other => Some(other.clone()),
-    }
-}
-
 impl consensus::App for ReplicatedState {
     type Command = Command;
-    type Response = ();
+    type Response = Outcome;
 
     fn column_families(&self) -> Vec<String> {
         store::CFS.iter().map(|c| c.to_string()).collect()
     }
 
-    fn apply(&self, db: &rocksdb::DB, batch: &mut rocksdb::WriteBatch, cmd: &Command) {
+    fn apply(&self, db: &rocksdb::DB, batch: &mut rocksdb::WriteBatch, cmd: &Command) -> Outcome {
         // Consensus created the column families, so these fail only on a broken disk;
         // the entry is then logged and skipped on this replica rather than stopping it.
         // The CDR counter is read only for commands that number CDRs: most entries are
@@ -69,16 +57,27 @@ impl consensus::App for ReplicatedState {
         } else {
             Ok(0)
         };
-        let staged =
-            next.and_then(|mut next| store::stage(db, batch, std::slice::from_ref(cmd), &mut next));
-        if let Err(e) = staged {
-            tracing::error!(error = %e, ?cmd, "replicated command not applied");
-            return;
-        }
-        if let (Some(feed), Some(c)) = (&self.feed, for_core(cmd)) {
+        let mut mirror = Vec::new();
+        let staged = next.and_then(|mut next| {
+            let wanted = self.feed.is_some().then_some(&mut mirror);
+            store::stage(db, batch, std::slice::from_ref(cmd), &mut next, wanted)
+        });
+        let outcome = match staged {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, ?cmd, "replicated command not applied");
+                return Outcome::Done;
+            }
+        };
+        if let (Some(feed), false) = (&self.feed, mirror.is_empty()) {
+            let change = match mirror.len() {
+                1 => mirror.remove(0),
+                _ => Command::Batch(mirror),
+            };
             // The core is gone only while the node stops.
-            let _ = feed.send(Applied::Change(c));
+            let _ = feed.send(Applied::Change(change));
         }
+        outcome
     }
 
     fn installed(&self, db: &rocksdb::DB) {

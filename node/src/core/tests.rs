@@ -6,7 +6,7 @@ use crate::calls::cdr::{Cdr, Disposition};
 use crate::registrar::Binding;
 use crate::routing::Extension;
 use crate::sip::message::parse;
-use crate::store::Store;
+use crate::store::{Expect, Store};
 use std::sync::Mutex;
 
 type Sent = Arc<Mutex<Vec<(Peer, Bytes)>>>;
@@ -45,20 +45,26 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut cmds = vec![
-            Command::UpsertExtension(Extension {
-                number: "1001".into(),
-                name: "Alice".into(),
-                password: "pw1001".into(),
-                max_contacts: None,
-                trusted_ips: vec!["127.0.0.1".parse().unwrap()],
-            }),
-            Command::UpsertExtension(Extension {
-                number: "1002".into(),
-                name: String::new(),
-                password: "pw1002".into(),
-                max_contacts: None,
-                trusted_ips: vec![],
-            }),
+            Command::PutExtension {
+                extension: Extension {
+                    number: "1001".into(),
+                    name: "Alice".into(),
+                    password: "pw1001".into(),
+                    max_contacts: None,
+                    trusted_ips: vec!["127.0.0.1".parse().unwrap()],
+                },
+                expect: Expect::Any,
+            },
+            Command::PutExtension {
+                extension: Extension {
+                    number: "1002".into(),
+                    name: String::new(),
+                    password: "pw1002".into(),
+                    max_contacts: None,
+                    trusted_ips: vec![],
+                },
+                expect: Expect::Any,
+            },
         ];
         let far = unix_now(SystemTime::now()) + 3600;
         for p in callee_ports {
@@ -152,6 +158,10 @@ impl Harness {
     fn cdrs(&self) -> Vec<Cdr> {
         self.store.cdrs().unwrap()
     }
+
+    fn calls(&self) -> Vec<crate::calls::record::CallRecord> {
+        self.store.read(crate::store::calls).unwrap()
+    }
 }
 
 fn find(
@@ -239,6 +249,13 @@ fn answered_call_forks_relays_and_writes_one_cdr() {
     let out = h.take();
     let ringing = find(&out, A, |m| is_status(m, 180)).expect("180 relayed");
     let a_tag = ringing.to_tag().expect("our To tag");
+    let live = h.calls();
+    assert_eq!(live.len(), 1, "a ringing call is recorded");
+    assert_eq!(
+        (live[0].call_id.as_str(), live[0].callee.as_str()),
+        ("call-a", "1002")
+    );
+    assert!(live[0].answer.is_none() && live[0].legs.is_none());
 
     h.recv(B2, &answer(&inv2, 200, "OK", "b2", B2), 2000);
     let out = h.take();
@@ -277,6 +294,16 @@ fn answered_call_forks_relays_and_writes_one_cdr() {
         "487 acknowledged"
     );
 
+    let live = h.calls();
+    assert!(live[0].answer.is_some(), "the answer is recorded");
+    let legs = live[0].legs.as_ref().expect("both dialogs recorded");
+    assert_eq!(legs.a.dialog.call_id, "call-a");
+    assert_eq!(legs.a.dialog.local_tag, a_tag);
+    assert_eq!(
+        (legs.b.dialog.remote_tag.as_str(), legs.b.peer.addr.port()),
+        ("b2", B2)
+    );
+
     h.recv_text(A, &ack_for(&ok), 2100);
     let out = h.take();
     let ack = find(&out, B2, |m| is_req(m, Method::Ack)).expect("ACK to the winner");
@@ -307,6 +334,7 @@ From: <sip:1002@127.0.0.1>;tag=b2\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax
     assert_eq!(c.hangup_cause, "normal_clearing");
     assert_eq!(c.hangup_by.as_deref(), Some("callee"));
     assert!(c.answer.is_some());
+    assert!(h.calls().is_empty(), "the ended call's record is gone");
 }
 
 #[test]
@@ -798,7 +826,10 @@ fn a_member_without_a_leader_refuses_new_work_and_mirrors_applied_changes() {
         "the INVITE reaches the contact registered through another member: {out:?}"
     );
     // An extension deleted on another member is gone here too.
-    h.core.on_applied(Command::DeleteExtension("1002".into()));
+    h.core.on_applied(Command::RemoveExtension {
+        number: "1002".into(),
+        expect: Expect::Any,
+    });
     h.recv_text(A, &invite("1002", "z9hG4bKnl4"), 40);
     assert!(find(&h.take(), A, |m| is_status(m, 404)).is_some());
 

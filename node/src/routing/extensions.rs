@@ -25,6 +25,24 @@ pub struct Extension {
     pub trusted_ips: Vec<IpAddr>,
 }
 
+impl Extension {
+    /// Checks the extension's own fields; the error names the field and the rule.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(2..=15).contains(&self.number.len())
+            || !self.number.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(("number", "must be 2 to 15 digits"));
+        }
+        if self.password.len() < 4 {
+            return Err(("password", "must be at least 4 characters"));
+        }
+        if self.max_contacts == Some(0) {
+            return Err(("max_contacts", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
 /// The PBX data file (`pbx.seed`): `extensions:` and, in later issues, the rest of the PBX.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,18 +105,11 @@ impl PbxSeed {
                 field,
                 reason: reason.to_string(),
             };
-            if !(2..=15).contains(&e.number.len()) || !e.number.bytes().all(|b| b.is_ascii_digit())
-            {
-                return Err(bad("number", "must be 2 to 15 digits"));
+            if let Err((field, reason)) = e.validate() {
+                return Err(bad(field, reason));
             }
             if !seen.insert(e.number.as_str()) {
                 return Err(bad("number", "duplicate extension number"));
-            }
-            if e.password.len() < 4 {
-                return Err(bad("password", "must be at least 4 characters"));
-            }
-            if e.max_contacts == Some(0) {
-                return Err(bad("max_contacts", "must be positive"));
             }
         }
         Ok(())

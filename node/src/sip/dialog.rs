@@ -9,7 +9,7 @@ use rand::Rng;
 use super::message::{parse_uri, Method, NameAddr, SipMessage};
 
 /// Dialog state (RFC 3261 §12.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DialogState {
     /// Created by a provisional response with a To tag.
     Early,
@@ -40,7 +40,7 @@ pub enum DialogError {
 }
 
 /// Dialog state of one UA side (RFC 3261 §12.1.1, §12.1.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dialog {
     /// Call-ID.
     pub call_id: String,

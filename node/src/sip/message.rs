@@ -765,7 +765,7 @@ pub fn parse_params(s: &str) -> Vec<(String, Option<String>)> {
 }
 
 /// Transport named in a Via or URI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Transport {
     /// UDP
     Udp,

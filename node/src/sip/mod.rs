@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 pub use message::Transport;
 
 /// The far end of a hop: the transport and address a message came from or goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
     /// UDP or TCP.
     pub transport: Transport,

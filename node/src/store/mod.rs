@@ -3,29 +3,52 @@
 //! Every change goes through [`Store::apply`], so the consensus issue can replicate the
 //! same commands through Raft and apply them here on every member.
 
+mod versions;
+
 use crate::calls::cdr::Cdr;
+use crate::calls::record::CallRecord;
 use crate::registrar::bindings::Binding;
 use crate::routing::Extension;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+pub use versions::{Expect, Outcome};
+use versions::{Versions, CF_VERSIONS};
 
 const CF_META: &str = "meta";
 const CF_EXTENSIONS: &str = "extensions";
 const CF_BINDINGS: &str = "bindings";
 const CF_CDRS: &str = "cdrs";
+const CF_CALLS: &str = "calls";
 /// The column families of the node's state.
-pub const CFS: [&str; 4] = [CF_META, CF_EXTENSIONS, CF_BINDINGS, CF_CDRS];
+pub const CFS: [&str; 6] = [
+    CF_META,
+    CF_EXTENSIONS,
+    CF_BINDINGS,
+    CF_CDRS,
+    CF_CALLS,
+    CF_VERSIONS,
+];
 const KEY_SEEDED: &[u8] = b"seeded";
 const KEY_NEXT_CDR: &[u8] = b"next_cdr";
 
 /// A change to the replicated state.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Command {
-    /// Create or replace an extension.
-    UpsertExtension(Extension),
-    /// Delete an extension by number.
-    DeleteExtension(String),
+    /// Create or replace an extension, if it is as `expect` says.
+    PutExtension {
+        /// The extension's new content.
+        extension: Extension,
+        /// What the write was based on.
+        expect: Expect,
+    },
+    /// Delete an extension, if it is as `expect` says.
+    RemoveExtension {
+        /// Its number.
+        number: String,
+        /// What the delete was based on.
+        expect: Expect,
+    },
     /// Add or refresh a registration binding of an address of record.
     PutBinding {
         /// Address of record (extension number).
@@ -42,6 +65,15 @@ pub enum Command {
     },
     /// Append a call detail record.
     AppendCdr(Cdr),
+    /// A call started ringing.
+    StartCall(Box<CallRecord>),
+    /// A call was answered: its record, now with the answer time and both dialogs.
+    AnswerCall(Box<CallRecord>),
+    /// A call ended (its CDR is appended by the same write).
+    EndCall {
+        /// Call-ID of the caller's leg.
+        call_id: String,
+    },
     /// Record that the PBX seed was loaded, so it is never loaded twice.
     MarkSeeded,
     /// Several commands applied atomically: one replicated log entry for the binding
@@ -71,7 +103,9 @@ pub enum StoreError {
 /// The RocksDB store of one node.
 pub struct Store {
     db: DB,
-    next_cdr: AtomicU64,
+    /// The next CDR number; the lock also makes a version check and the write it
+    /// allows one step, as applying one log entry at a time does in a cluster.
+    next_cdr: Mutex<u64>,
 }
 
 fn binding_key(aor: &str, contact: &str) -> Vec<u8> {
@@ -111,23 +145,30 @@ impl Store {
         let next = next_cdr_number(&db)?;
         Ok(Store {
             db,
-            next_cdr: AtomicU64::new(next),
+            next_cdr: Mutex::new(next),
         })
     }
 
-    /// Applies one command.
-    pub fn apply(&self, cmd: &Command) -> Result<(), StoreError> {
+    /// Applies one command and returns what it answered.
+    pub fn apply(&self, cmd: &Command) -> Result<Outcome, StoreError> {
         self.apply_all(std::slice::from_ref(cmd))
     }
 
-    /// Applies several commands atomically (one RocksDB write batch).
-    pub fn apply_all(&self, cmds: &[Command]) -> Result<(), StoreError> {
+    /// Applies several commands atomically (one RocksDB write batch); answers what the
+    /// last one did.
+    pub fn apply_all(&self, cmds: &[Command]) -> Result<Outcome, StoreError> {
+        let mut next_cdr = self.next_cdr.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
-        let mut next_cdr = self.next_cdr.load(Ordering::Relaxed);
-        stage(&self.db, &mut batch, cmds, &mut next_cdr)?;
+        let mut next = *next_cdr;
+        let outcome = stage(&self.db, &mut batch, cmds, &mut next, None)?;
         self.db.write(batch)?;
-        self.next_cdr.store(next_cdr, Ordering::Relaxed);
-        Ok(())
+        *next_cdr = next;
+        Ok(outcome)
+    }
+
+    /// Runs `f` on the store's database (the free readers below take it).
+    pub fn read<T>(&self, f: impl FnOnce(&DB) -> T) -> T {
+        f(&self.db)
     }
 
     /// True once the PBX seed has been loaded.
@@ -167,6 +208,35 @@ pub fn extensions(db: &DB) -> Result<Vec<Extension>, StoreError> {
     scan(db, CF_EXTENSIONS, |_, v| Ok(v))
 }
 
+/// Every extension with its version, in number order.
+pub fn versioned_extensions(db: &DB) -> Result<Vec<(Extension, u64)>, StoreError> {
+    extensions(db)?
+        .into_iter()
+        .map(|e| {
+            let v = versions::version_of(db, CF_EXTENSIONS, &e.number)?.unwrap_or(0);
+            Ok((e, v))
+        })
+        .collect()
+}
+
+/// One extension with its version.
+pub fn extension(db: &DB, number: &str) -> Result<Option<(Extension, u64)>, StoreError> {
+    let cf = db
+        .cf_handle(CF_EXTENSIONS)
+        .ok_or(StoreError::MissingCf(CF_EXTENSIONS))?;
+    let Some(raw) = db.get_pinned_cf(cf, number)? else {
+        return Ok(None);
+    };
+    let e = decode(CF_EXTENSIONS, &raw)?;
+    let v = versions::version_of(db, CF_EXTENSIONS, number)?.unwrap_or(0);
+    Ok(Some((e, v)))
+}
+
+/// Every call in progress in the cluster (or on this node, standalone).
+pub fn calls(db: &DB) -> Result<Vec<CallRecord>, StoreError> {
+    scan(db, CF_CALLS, |_, v| Ok(v))
+}
+
 /// Every binding with its address of record.
 pub fn bindings(db: &DB) -> Result<Vec<(String, Binding)>, StoreError> {
     scan(db, CF_BINDINGS, |k, v| {
@@ -189,35 +259,53 @@ fn scan<T: serde::de::DeserializeOwned, R>(
     let mut out = Vec::new();
     for item in db.iterator_cf(handle, IteratorMode::Start) {
         let (k, v) = item?;
-        let value = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-            cf,
-            reason: e.to_string(),
-        })?;
-        out.push(f(&k, value)?);
+        out.push(f(&k, decode(cf, &v)?)?);
     }
     Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(cf: &'static str, raw: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+        cf,
+        reason: e.to_string(),
+    })
 }
 
 /// Stages `cmds` into `batch` against the column families of `db`: the one place that
 /// knows how a command changes the stored state, for this node's own store and for the
 /// replicated state machine alike. CDRs are numbered from `next_cdr` (advanced here), and
 /// the next number is written with them so a replica that applies the same commands
-/// numbers them the same way.
+/// numbers them the same way. Answers what the last command did; a configuration write
+/// whose expectation fails is left out (and answered [`Outcome::Conflict`]).
+///
+/// With `mirror`, the staged binding and extension changes (what the SIP core keeps in
+/// memory; refused ones not) are also copied there.
 pub fn stage(
     db: &DB,
     batch: &mut WriteBatch,
     cmds: &[Command],
     next_cdr: &mut u64,
-) -> Result<(), StoreError> {
+    mirror: Option<&mut Vec<Command>>,
+) -> Result<Outcome, StoreError> {
     let cdrs_before = *next_cdr;
-    stage_each(db, batch, cmds, next_cdr)?;
+    let mut st = Staging {
+        versions: Versions::default(),
+        mirror,
+    };
+    let outcome = stage_each(db, batch, cmds, next_cdr, &mut st)?;
     if *next_cdr != cdrs_before {
         let meta = db
             .cf_handle(CF_META)
             .ok_or(StoreError::MissingCf(CF_META))?;
         batch.put_cf(meta, KEY_NEXT_CDR, next_cdr.to_be_bytes());
     }
-    Ok(())
+    Ok(outcome)
+}
+
+/// What staging carries from one command to the next.
+struct Staging<'a> {
+    versions: Versions,
+    mirror: Option<&'a mut Vec<Command>>,
 }
 
 fn stage_each(
@@ -225,29 +313,74 @@ fn stage_each(
     batch: &mut WriteBatch,
     cmds: &[Command],
     next_cdr: &mut u64,
-) -> Result<(), StoreError> {
+    st: &mut Staging<'_>,
+) -> Result<Outcome, StoreError> {
     let cf = |name: &'static str| db.cf_handle(name).ok_or(StoreError::MissingCf(name));
+    let mut outcome = Outcome::Done;
     for cmd in cmds {
+        outcome = Outcome::Done;
+        let mut mirrored = false;
         match cmd {
-            Command::UpsertExtension(e) => batch.put_cf(cf(CF_EXTENSIONS)?, &e.number, encode(e)),
-            Command::DeleteExtension(n) => batch.delete_cf(cf(CF_EXTENSIONS)?, n),
-            Command::PutBinding { aor, binding } => batch.put_cf(
-                cf(CF_BINDINGS)?,
-                binding_key(aor, &binding.contact),
-                encode(binding),
-            ),
+            Command::PutExtension { extension, expect } => {
+                let id = &extension.number;
+                outcome = match st
+                    .versions
+                    .advance(db, batch, CF_EXTENSIONS, id, *expect, true)?
+                {
+                    Ok(v) => {
+                        batch.put_cf(cf(CF_EXTENSIONS)?, id, encode(extension));
+                        mirrored = true;
+                        Outcome::Version(v)
+                    }
+                    Err(conflict) => conflict,
+                };
+            }
+            Command::RemoveExtension { number, expect } => {
+                outcome =
+                    match st
+                        .versions
+                        .advance(db, batch, CF_EXTENSIONS, number, *expect, false)?
+                    {
+                        Ok(v) => {
+                            batch.delete_cf(cf(CF_EXTENSIONS)?, number);
+                            mirrored = true;
+                            Outcome::Version(v)
+                        }
+                        Err(conflict) => conflict,
+                    };
+            }
+            Command::PutBinding { aor, binding } => {
+                batch.put_cf(
+                    cf(CF_BINDINGS)?,
+                    binding_key(aor, &binding.contact),
+                    encode(binding),
+                );
+                mirrored = true;
+            }
             Command::RemoveBinding { aor, contact } => {
-                batch.delete_cf(cf(CF_BINDINGS)?, binding_key(aor, contact))
+                batch.delete_cf(cf(CF_BINDINGS)?, binding_key(aor, contact));
+                mirrored = true;
             }
             Command::AppendCdr(c) => {
                 batch.put_cf(cf(CF_CDRS)?, next_cdr.to_be_bytes(), encode(c));
                 *next_cdr += 1;
             }
+            // The answered record replaces the ringing one whole, so the two commands
+            // need no read and may share a batch.
+            Command::StartCall(r) | Command::AnswerCall(r) => {
+                batch.put_cf(cf(CF_CALLS)?, &r.call_id, encode(r))
+            }
+            Command::EndCall { call_id } => batch.delete_cf(cf(CF_CALLS)?, call_id),
             Command::MarkSeeded => batch.put_cf(cf(CF_META)?, KEY_SEEDED, b"1"),
-            Command::Batch(inner) => stage_each(db, batch, inner, next_cdr)?,
+            Command::Batch(inner) => {
+                outcome = stage_each(db, batch, inner, next_cdr, st)?;
+            }
+        }
+        if let (true, Some(m)) = (mirrored, st.mirror.as_deref_mut()) {
+            m.push(cmd.clone());
         }
     }
-    Ok(())
+    Ok(outcome)
 }
 
 /// The number the next CDR gets in `db`: the stored counter, or for a store written
@@ -306,6 +439,16 @@ mod tests {
         }
     }
 
+    fn ext(number: &str, password: &str) -> crate::routing::Extension {
+        crate::routing::Extension {
+            number: number.into(),
+            name: "A".into(),
+            password: password.into(),
+            max_contacts: None,
+            trusted_ips: vec![],
+        }
+    }
+
     #[test]
     fn commands_survive_reopen_and_are_visible_to_a_secondary() {
         let dir = tempfile::tempdir().unwrap();
@@ -314,13 +457,10 @@ mod tests {
             let s = Store::open(&path).unwrap();
             assert!(!s.is_seeded().unwrap());
             s.apply_all(&[
-                Command::UpsertExtension(crate::routing::Extension {
-                    number: "1001".into(),
-                    name: "A".into(),
-                    password: "secret".into(),
-                    max_contacts: None,
-                    trusted_ips: vec![],
-                }),
+                Command::PutExtension {
+                    extension: ext("1001", "secret"),
+                    expect: Expect::Any,
+                },
                 Command::AppendCdr(cdr("c1")),
                 Command::MarkSeeded,
             ])
@@ -337,7 +477,11 @@ mod tests {
         let sec = Store::open_secondary(&path, scratch.path()).unwrap();
         assert_eq!(sec.cdrs().unwrap().len(), 2);
         assert_eq!(sec.extensions().unwrap()[0].number, "1001");
-        s.apply(&Command::DeleteExtension("1001".into())).unwrap();
+        s.apply(&Command::RemoveExtension {
+            number: "1001".into(),
+            expect: Expect::Any,
+        })
+        .unwrap();
         assert!(s.extensions().unwrap().is_empty());
 
         // A batch applies its commands in order, nested CDRs numbered after the others.
@@ -349,5 +493,124 @@ mod tests {
         let ids: Vec<String> = s.cdrs().unwrap().into_iter().map(|c| c.call_id).collect();
         assert_eq!(ids, ["c1", "c2", "c3", "c4"]);
         assert_eq!(next_cdr_number(&s.db).unwrap(), 5);
+    }
+
+    #[test]
+    fn configuration_writes_conflict_instead_of_overwriting() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let put = |pw: &str, expect| Command::PutExtension {
+            extension: ext("2001", pw),
+            expect,
+        };
+        let remove = |expect| Command::RemoveExtension {
+            number: "2001".into(),
+            expect,
+        };
+        let conflict = |exists, version| Outcome::Conflict { exists, version };
+        assert_eq!(
+            s.apply(&remove(Expect::Version(0))).unwrap(),
+            conflict(false, 0)
+        );
+        assert_eq!(
+            s.apply(&put("pw-1", Expect::Version(0))).unwrap(),
+            conflict(false, 0)
+        );
+        assert_eq!(
+            s.apply(&put("pw-1", Expect::Absent)).unwrap(),
+            Outcome::Version(1)
+        );
+        assert_eq!(
+            s.apply(&put("pw-x", Expect::Absent)).unwrap(),
+            conflict(true, 1)
+        );
+        assert_eq!(
+            s.apply(&put("pw-2", Expect::Version(1))).unwrap(),
+            Outcome::Version(2)
+        );
+        assert_eq!(
+            s.apply(&put("pw-x", Expect::Version(1))).unwrap(),
+            conflict(true, 2)
+        );
+        let current = s.read(|db| extension(db, "2001")).unwrap().unwrap();
+        assert_eq!((current.0.password.as_str(), current.1), ("pw-2", 2));
+
+        // A deletion keeps the version counting: an edit based on the object before
+        // it was deleted still conflicts, and re-creating it continues from there.
+        assert_eq!(
+            s.apply(&remove(Expect::Version(2))).unwrap(),
+            Outcome::Version(3)
+        );
+        assert!(s.read(|db| extension(db, "2001")).unwrap().is_none());
+        assert_eq!(
+            s.apply(&put("pw-x", Expect::Version(2))).unwrap(),
+            conflict(false, 3)
+        );
+        assert_eq!(
+            s.apply(&put("pw-4", Expect::Absent)).unwrap(),
+            Outcome::Version(4)
+        );
+
+        // Within one batch a later command sees the earlier ones.
+        let outcome = s
+            .apply_all(&[
+                put("pw-5", Expect::Version(4)),
+                put("pw-6", Expect::Version(5)),
+            ])
+            .unwrap();
+        assert_eq!(outcome, Outcome::Version(6));
+        let all = s.read(versioned_extensions).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].0.password.as_str(), all[0].1), ("pw-6", 6));
+    }
+
+    #[test]
+    fn call_records_live_from_start_to_end() {
+        use crate::calls::record::CallRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let rec = |id: &str, answer: Option<&str>| {
+            Box::new(CallRecord {
+                call_id: id.into(),
+                node: 1,
+                caller: "1001".into(),
+                callee: "1002".into(),
+                start: "2026-11-23T10:00:00.000Z".into(),
+                answer: answer.map(Into::into),
+                legs: None,
+            })
+        };
+        s.apply_all(&[
+            Command::StartCall(rec("a", None)),
+            Command::StartCall(rec("b", None)),
+        ])
+        .unwrap();
+        s.apply(&Command::AnswerCall(rec(
+            "a",
+            Some("2026-11-23T10:00:02.000Z"),
+        )))
+        .unwrap();
+        let live = s.read(calls).unwrap();
+        assert_eq!(live.len(), 2);
+        assert_eq!(live[0].answer.as_deref(), Some("2026-11-23T10:00:02.000Z"));
+        // A call that fails while ringing starts and ends in one write.
+        s.apply_all(&[
+            Command::StartCall(rec("c", None)),
+            Command::EndCall {
+                call_id: "c".into(),
+            },
+            Command::EndCall {
+                call_id: "a".into(),
+            },
+            Command::AppendCdr(cdr("a")),
+        ])
+        .unwrap();
+        let live: Vec<String> = s
+            .read(calls)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.call_id)
+            .collect();
+        assert_eq!(live, ["b"]);
     }
 }

@@ -1,0 +1,45 @@
+//! The replicated record of a call in progress: who calls whom, on which node, and once
+//! answered the dialog state of both legs, so that the cluster knows every live call
+//! and another node can take an answered call over when its node dies.
+
+use crate::sip::dialog::Dialog;
+use crate::sip::Peer;
+
+/// A call in progress as the replicated state keeps it (keyed by the caller's Call-ID).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CallRecord {
+    /// Call-ID of the caller's leg.
+    pub call_id: String,
+    /// The node handling the call.
+    pub node: u64,
+    /// Calling extension.
+    pub caller: String,
+    /// Dialled number.
+    pub callee: String,
+    /// When the INVITE arrived (RFC 3339, UTC).
+    pub start: String,
+    /// When it was answered (RFC 3339, UTC); `None` while it rings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Both legs' dialogs, once answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legs: Option<Legs>,
+}
+
+/// The two dialogs of an answered call, from the B2BUA's side.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Legs {
+    /// The caller's leg (we are its UAS).
+    pub a: Leg,
+    /// The callee's leg (we are its UAC).
+    pub b: Leg,
+}
+
+/// One leg: its dialog and where its peer is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Leg {
+    /// Dialog state (Call-ID, tags, CSeqs, route set, remote target).
+    pub dialog: Dialog,
+    /// The peer's transport and address.
+    pub peer: Peer,
+}
