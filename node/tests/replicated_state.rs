@@ -40,28 +40,13 @@ fn cdr(id: &str) -> Cdr {
     }
 }
 
-fn leader_node_applied(nodes: &[ClusterMember], leader: u64) -> u64 {
-    nodes
-        .iter()
-        .find(|n| n.id() == leader)
-        .and_then(|n| n.applied_index())
-        .expect("the leader has applied")
-}
-
-async fn wait_applied(node: &ClusterMember, index: u64) {
-    let mut w = node.watch();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if w.borrow().applied.is_some_and(|a| a >= index) {
-                return;
-            }
-            if w.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("applied in time");
+/// Waits until `node` has applied everything committed so far (the leader's read
+/// index), so that what it reads next includes every write acknowledged before.
+async fn caught_up(node: &ClusterMember) {
+    tokio::time::timeout(Duration::from_secs(10), node.read_barrier())
+        .await
+        .expect("caught up in time")
+        .expect("a read index");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,11 +166,8 @@ async fn commands_written_on_a_follower_are_read_back_on_every_member() {
     for c in cmds {
         follower.propose(c).await.unwrap();
     }
-    // The leader has applied them when the proposals returned; everyone gets there.
-    let leader_node = nodes.iter().find(|n| n.id() == leader).unwrap();
-    let target = leader_node.applied_index().unwrap();
     for n in &nodes {
-        wait_applied(n, target).await;
+        caught_up(n).await;
         let (exts, binds, cdrs) = n
             .read(|db| {
                 (
@@ -239,9 +221,8 @@ async fn commands_written_on_a_follower_are_read_back_on_every_member() {
         .expect("a completion");
     assert_eq!(id, 42);
     assert_eq!(result, Ok(()));
-    let target = leader_node_applied(&nodes, leader);
     for n in nodes.iter().chain(std::iter::once(&*shared)) {
-        wait_applied(n, target).await;
+        caught_up(n).await;
         let (binds, cdrs) = n
             .read(|db| (store::bindings(db).unwrap(), store::cdrs(db).unwrap()))
             .unwrap();
