@@ -2,6 +2,7 @@
 //! node's admin API.
 
 use crate::client::Admin;
+use crate::table::{cell, columns};
 use anyhow::anyhow;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -26,16 +27,6 @@ pub async fn status(admin: &Admin, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A JSON value as a table cell: numbers and strings bare, absent as `-`.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// Renders `GET /v1/cluster` as aligned columns followed by the node's progress.
 pub fn status_table(v: &Value) -> String {
     let header = [
@@ -47,23 +38,8 @@ pub fn status_table(v: &Value) -> String {
         "LAG",
     ];
     let keys = ["id", "raft_addr", "admin_addr", "role", "matched", "lag"];
-    let mut rows = vec![header.map(String::from).to_vec()];
-    for m in v["members"].as_array().into_iter().flatten() {
-        rows.push(keys.iter().map(|k| cell(&m[*k])).collect());
-    }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let members = v["members"].as_array().cloned().unwrap_or_default();
+    let mut out = columns(&header, &keys, &members);
     out.push('\n');
     let leader = &v["leader"];
     let leader = if leader.is_null() {

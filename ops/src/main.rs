@@ -6,7 +6,9 @@
 
 mod client;
 mod cluster;
+mod extension;
 mod join;
+mod table;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -56,6 +58,59 @@ enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// Manage extensions through the admin API (`--admin`).
+    Extension {
+        #[command(subcommand)]
+        action: ExtensionAction,
+    },
+    /// Calls in progress, through the admin API.
+    Calls {
+        #[command(subcommand)]
+        action: CallsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExtensionAction {
+    /// Every extension with its version (passwords are never shown).
+    List,
+    /// One extension.
+    Show {
+        /// Its number.
+        number: String,
+    },
+    /// Create an extension.
+    Add {
+        /// Its number (2 to 15 digits).
+        number: String,
+        #[command(flatten)]
+        fields: extension::Fields,
+    },
+    /// Change some fields of an extension; the others keep their values.
+    Set {
+        /// Its number.
+        number: String,
+        /// The version the change is based on (as `show` printed it); refused if the
+        /// extension changed since. Default: the version current now.
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        fields: extension::Fields,
+    },
+    /// Delete an extension.
+    Remove {
+        /// Its number.
+        number: String,
+        /// Refuse if the extension is no longer at this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CallsAction {
+    /// Calls in progress in the cluster.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,14 +217,41 @@ fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Result<()> {
+/// Runs one online command against the admin API at `admin`.
+fn online<F: std::future::Future<Output = anyhow::Result<()>>>(
+    admin: &str,
+    command: impl FnOnce(client::Admin) -> F,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let admin = client::Admin::new(admin);
-    rt.block_on(async move {
+    rt.block_on(command(client::Admin::new(admin)))
+}
+
+fn run_extension(admin: &str, output: Output, action: ExtensionAction) -> anyhow::Result<()> {
+    online(admin, |admin| async move {
+        match action {
+            ExtensionAction::List => extension::list(&admin, output).await,
+            ExtensionAction::Show { number } => extension::show(&admin, &number, output).await,
+            ExtensionAction::Add { number, fields } => {
+                extension::add(&admin, &number, fields, output).await
+            }
+            ExtensionAction::Set {
+                number,
+                version,
+                fields,
+            } => extension::set(&admin, &number, version, fields, output).await,
+            ExtensionAction::Remove { number, version } => {
+                extension::remove(&admin, &number, version, output).await
+            }
+        }
+    })
+}
+
+fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Result<()> {
+    online(admin, |admin| async move {
         match action {
             ClusterAction::Status => cluster::status(&admin, output).await,
             ClusterAction::Token { ttl } => cluster::token(&admin, ttl, output).await,
@@ -207,6 +289,12 @@ fn main() -> std::process::ExitCode {
             print_lines(&rows)
         }),
         Command::Cluster { action } => run_cluster(&cli.admin, cli.output, action),
+        Command::Extension { action } => run_extension(&cli.admin, cli.output, action),
+        Command::Calls {
+            action: CallsAction::List,
+        } => online(&cli.admin, |admin| async move {
+            extension::calls(&admin, cli.output).await
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

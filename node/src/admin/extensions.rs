@@ -160,7 +160,7 @@ fn conflict(number: &str, exists: bool, version: u64) -> Reply {
     json(
         StatusCode::CONFLICT,
         json!({
-            "error": format!("extension {number} is now at version {version}: it changed since you read it (or exists already); read it again and retry"),
+            "error": format!("extension {number} is now at version {version}: it changed since you read it; read it again and retry"),
             "version": version,
         }),
     )
@@ -169,6 +169,13 @@ fn conflict(number: &str, exists: bool, version: u64) -> Reply {
 fn answer(written: Result<Outcome, Box<Reply>>, number: &str, ok: StatusCode) -> Reply {
     match written {
         Ok(Outcome::Version(v)) => json(ok, json!({ "number": number, "version": v })),
+        Ok(Outcome::Conflict { exists, version }) if ok == StatusCode::CREATED && exists => json(
+            StatusCode::CONFLICT,
+            json!({
+                "error": format!("extension {number} exists already (version {version}); change it with `switchctl extension set`"),
+                "version": version,
+            }),
+        ),
         Ok(Outcome::Conflict { exists, version }) => conflict(number, exists, version),
         Ok(Outcome::Done) => json(ok, json!({ "number": number })),
         Err(r) => *r,
