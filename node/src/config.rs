@@ -232,6 +232,9 @@ pub struct ClusterSection {
     pub election_timeout_max_ms: u64,
     /// Applied entries between snapshots (default 10000).
     pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, so that a briefly lagging follower catches
+    /// up from the log rather than by a whole snapshot (default 1000).
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for ClusterSection {
@@ -244,6 +247,7 @@ impl Default for ClusterSection {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             snapshot_every: 10_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
 }

@@ -144,6 +144,7 @@ async fn start_cluster(cfg: &NodeConfig, app: ReplicatedState) -> anyhow::Result
         election_timeout_min: Duration::from_millis(c.election_timeout_min_ms),
         election_timeout_max: Duration::from_millis(c.election_timeout_max_ms),
         snapshot_every: c.snapshot_every,
+        logs_kept_after_snapshot: c.logs_kept_after_snapshot,
         ..consensus::Config::default()
     };
     let running = match open_member(dir, app.clone(), config.clone()).await {

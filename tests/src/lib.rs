@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod cluster;
 pub mod netns;
 
 /// Directory of this crate (`tests/`).
@@ -252,6 +253,8 @@ pub struct NodeOpts {
     pub data_dir: Option<PathBuf>,
     /// `[cluster] bootstrap`: create a one-node cluster on first start.
     pub bootstrap: bool,
+    /// More lines for the `[cluster]` section (e.g. `snapshot_every = 500`).
+    pub cluster_toml: String,
 }
 
 impl Default for NodeOpts {
@@ -271,6 +274,7 @@ impl Default for NodeOpts {
             host: None,
             data_dir: None,
             bootstrap: true,
+            cluster_toml: String::new(),
         }
     }
 }
@@ -374,13 +378,14 @@ listen = "{admin}"
 [cluster]
 raft_listen = "{raft}"
 bootstrap = {bootstrap}
-
+{cluster_toml}
 [log]
 level = "{level}"
 {extra}"#,
             admin = admin,
             raft = raft,
             bootstrap = opts.bootstrap,
+            cluster_toml = opts.cluster_toml,
             data = data_dir.display(),
             min = opts.min_expires,
             max = opts.max_expires,
@@ -613,6 +618,8 @@ pub struct Sipp {
     calls: u32,
     timeout_s: u32,
     args: Vec<String>,
+    /// Log every message (`-trace_msg`); off for loads too big to log.
+    trace_messages: bool,
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -705,9 +712,16 @@ impl Sipp {
             calls: 1,
             timeout_s: 20,
             args: Vec::new(),
+            trace_messages: true,
             dir,
             _tmp: tmp,
         }
+    }
+
+    /// Logs errors only, not every message: for loads whose message log would be huge.
+    pub fn quiet(mut self) -> Self {
+        self.trace_messages = false;
+        self
     }
     /// The remote party (`host:port`), e.g. the node.
     pub fn remote(mut self, addr: impl ToString) -> Self {
@@ -774,7 +788,10 @@ impl Sipp {
             &format!("{}s", self.timeout_s),
             "-timeout_error",
         ]);
-        c.args(["-nostdin", "-trace_err", "-trace_msg"]);
+        c.args(["-nostdin", "-trace_err"]);
+        if self.trace_messages {
+            c.arg("-trace_msg");
+        }
         c.arg("-error_file").arg(self.dir.join("err.log"));
         c.arg("-message_file").arg(self.dir.join("msg.log"));
         c.args(&self.args);
