@@ -49,6 +49,7 @@ fn next_steps(p: &Placement) -> String {
 
 /// Joins the cluster that issued `token`, waits until this node is a voter, then stops.
 pub async fn join(token: &str, node_id: Option<u64>, p: &Placement) -> anyhow::Result<()> {
+    show_progress();
     let token: JoinToken = token
         .trim()
         .parse()
@@ -77,6 +78,7 @@ pub async fn join(token: &str, node_id: Option<u64>, p: &Placement) -> anyhow::R
 
 /// Creates a new one-node cluster in the data dir, then stops.
 pub async fn init(node_id: u64, p: &Placement) -> anyhow::Result<()> {
+    show_progress();
     let config = consensus_config(p.config.as_deref())?;
     std::fs::create_dir_all(&p.data_dir)
         .with_context(|| format!("cannot create {}", p.data_dir.display()))?;
@@ -99,4 +101,17 @@ pub async fn init(node_id: u64, p: &Placement) -> anyhow::Result<()> {
         next_steps(p)
     );
     Ok(())
+}
+
+/// Prints the member's progress on stderr while it enrols and catches up (a join of a
+/// large cluster state takes a while: the operator sees the snapshot arrive).
+fn show_progress() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,consensus=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
 }

@@ -44,13 +44,14 @@ pub fn form_cluster(lab: &Lab, count: usize, work: &Path, opts: NodeOpts) -> Vec
     wait_ready(first.admin);
     let mut members = vec![first];
     for i in 1..count {
-        members.push(join_member(lab, i, &members[0], work, opts.clone()));
+        members.push(join_member(lab, i, &members[0], work, opts.clone()).0);
     }
     members
 }
 
-/// Joins lab host `i` to the cluster `via` belongs to, and starts it.
-pub fn join_member(lab: &Lab, i: usize, via: &Node, work: &Path, opts: NodeOpts) -> Node {
+/// Joins lab host `i` to the cluster `via` belongs to, and starts it; also returns
+/// what `switchctl cluster join` reported while the member caught up.
+pub fn join_member(lab: &Lab, i: usize, via: &Node, work: &Path, opts: NodeOpts) -> (Node, String) {
     let token = ok(
         &mut switchctl(via.admin, &["cluster", "token"]),
         work,
@@ -58,7 +59,7 @@ pub fn join_member(lab: &Lab, i: usize, via: &Node, work: &Path, opts: NodeOpts)
     );
     let data = work.join(format!("data{i}"));
     let ip = lab.ip(i);
-    ok(
+    let (st, _, progress) = run_bounded(
         lab.command(i, switchctl_bin()).args([
             "cluster",
             "join",
@@ -72,7 +73,10 @@ pub fn join_member(lab: &Lab, i: usize, via: &Node, work: &Path, opts: NodeOpts)
         ]),
         work,
         &format!("join{i}"),
-    );
+        SWITCHCTL_LIMIT,
+    )
+    .expect("switchctl runs");
+    assert!(st.is_some_and(|s| s.success()), "join{i}: {progress}");
     let node = Node::start(NodeOpts {
         host: Some(lab.hosts[i].clone()),
         data_dir: Some(data),
@@ -81,7 +85,7 @@ pub fn join_member(lab: &Lab, i: usize, via: &Node, work: &Path, opts: NodeOpts)
     })
     .expect("joined member");
     wait_ready(node.admin);
-    node
+    (node, progress)
 }
 
 /// The `cluster status` JSON of the member at `admin`.
