@@ -267,4 +267,131 @@ mod tests {
         let r = get(addr, "garbage\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     }
+
+    fn request(method: &str, path: &str, body: &str) -> String {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn extensions_round_trip_with_versions_and_named_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let (feed, mut applied) = tokio::sync::mpsc::unbounded_channel();
+        let state = Arc::new(AdminState {
+            node_id: 1,
+            metrics: Arc::default(),
+            started: Instant::now(),
+            member: None,
+            enroller: None,
+            data: Data::Local { store, feed },
+        });
+        let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
+        let call = |m: &str, p: &str, b: &str| {
+            let req = request(m, p, b);
+            async move { get(addr, &req).await }
+        };
+
+        let r = call(
+            "POST",
+            "/v1/extensions",
+            r#"{"number":"3001","password":"pw3001","name":"Dan"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 201") && r.contains("\"version\":1"),
+            "{r}"
+        );
+        assert!(
+            matches!(applied.try_recv(), Ok(crate::cluster::Applied::Change(_))),
+            "the SIP core hears of the new extension"
+        );
+        let r = call(
+            "POST",
+            "/v1/extensions",
+            r#"{"number":"3001","password":"pw3001"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 409") && r.contains("exists already"),
+            "{r}"
+        );
+        let r = call(
+            "POST",
+            "/v1/extensions",
+            r#"{"number":"3x","password":"pw3001"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("\"field\":\"number\""),
+            "{r}"
+        );
+        let r = call("POST", "/v1/extensions", r#"{"number":"3002"}"#).await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("password"),
+            "{r}"
+        );
+        let r = call("POST", "/v1/extensions", "{not json").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+        let r = call("GET", "/v1/extensions/3001", "").await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("Dan"), "{r}");
+        assert!(
+            !r.contains("pw3001"),
+            "the password is never sent back: {r}"
+        );
+        let r = call("PATCH", "/v1/extensions/3001", r#"{"name":"Dana"}"#).await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("\"field\":\"version\""),
+            "{r}"
+        );
+        let r = call(
+            "PATCH",
+            "/v1/extensions/3001",
+            r#"{"version":1,"name":"Dana"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("\"version\":2"),
+            "{r}"
+        );
+        let r = call(
+            "PATCH",
+            "/v1/extensions/3001",
+            r#"{"version":1,"name":"Stale"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 409") && r.contains("version 2"),
+            "{r}"
+        );
+        let r = call(
+            "PATCH",
+            "/v1/extensions/3001",
+            r#"{"version":2,"max_contacts":0}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("max_contacts"),
+            "{r}"
+        );
+        let r = call("GET", "/v1/extensions", "").await;
+        assert!(r.contains("Dana") && !r.contains("Stale"), "{r}");
+
+        let r = call("DELETE", "/v1/extensions/3001?version=1", "").await;
+        assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+        let r = call("DELETE", "/v1/extensions/3001", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let r = call("GET", "/v1/extensions/3001", "").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = call("PUT", "/v1/extensions/3001", "").await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        let r = call("GET", "/v1/calls", "").await;
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("\"calls\":[]"),
+            "{r}"
+        );
+    }
 }
