@@ -117,7 +117,7 @@ enum CallsAction {
 enum ClusterAction {
     /// Members, their roles and replication lag, and the node's progress.
     Status,
-    /// Issue a one-time join token (on the node holding the cluster CA key).
+    /// Issue a one-time join token (any member; the new node joins through this one).
     Token {
         /// How long the token stays valid: 600, 30s, 10m, 2h, 1d.
         #[arg(long, default_value = "10m", value_parser = cluster::parse_ttl)]

@@ -92,6 +92,20 @@ impl LeaderOps {
         member: Member,
         deadline: Instant,
     ) -> Result<(), AdminError> {
+        // Members enrolled at the same moment through two different members could be
+        // given the same id; the second must not replace the first.
+        let taken_by = self
+            .status
+            .borrow()
+            .members
+            .get(&id)
+            .filter(|m| m.raft_addr != member.raft_addr)
+            .map(|m| m.raft_addr);
+        if let Some(addr) = taken_by {
+            return Err(AdminError::Rejected(format!(
+                "node id {id} belongs to the member at {addr}; get a new token and join again"
+            )));
+        }
         let res = tokio::time::timeout_at(deadline, self.raft.add_learner(id, member, true)).await;
         outcome(
             res.map(|r| r.map(drop)),

@@ -13,8 +13,7 @@ use crate::cluster::{Config, Consensus};
 use crate::error::ShutdownError;
 use crate::net::tls::CA_KEY_FILE;
 use crate::net::{
-    load_ca_cert, save_ca_cert, ClientOptions, ClusterCa, NodeIdentity, NodeKey, QuicClient,
-    QuicServer,
+    load_ca_cert, ClientOptions, ClusterCa, NodeIdentity, NodeKey, QuicClient, QuicServer,
 };
 use crate::rpc::{RpcClient, RpcError, RpcKind};
 use crate::types::{Member, NodeId};
@@ -255,8 +254,9 @@ pub async fn join_cluster<A: App>(
             resp.node_id
         )));
     }
+    let ca = ClusterCa::from_pem(token.ca_pem(), &resp.ca_key_pem)?;
     let tls = layout::create_tls_dir(data_dir)?;
-    save_ca_cert(&tls, token.ca_pem())?;
+    ca.save(&tls)?;
     identity.save(&tls)?;
     tracing::info!(node_id = resp.node_id, issuer = %token.issuer(), "enrolled; joining the cluster");
     let launch_args = Launch {
@@ -265,7 +265,7 @@ pub async fn join_cluster<A: App>(
         ca_pem: token.ca_pem(),
         raft_addr,
         admin_addr,
-        ca: None,
+        ca: Some(ca),
     };
     let node = launch(launch_args, app, config).await?;
     let add = AdminRequest::AddVoter {

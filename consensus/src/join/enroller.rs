@@ -173,6 +173,7 @@ impl Enroller {
             node_id,
             cert_pem,
             ca_pem: self.ca.cert_pem().to_owned(),
+            ca_key_pem: self.ca.to_pem().1,
             members,
         })
     }

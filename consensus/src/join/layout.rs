@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <data_dir>/member.json   node id, Raft address, admin address
-//! <data_dir>/tls/          ca.crt, ca.key (issuing node only), node.crt, node.key
+//! <data_dir>/tls/          ca.crt, ca.key (every member: any of them admits new nodes), node.crt, node.key
 //! <data_dir>/raft/         the Raft log and state machine (RocksDB)
 //! ```
 

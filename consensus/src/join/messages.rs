@@ -29,6 +29,11 @@ pub struct JoinResponse {
     pub cert_pem: String,
     /// The cluster CA certificate (PEM).
     pub ca_pem: String,
+    /// The cluster CA's private key (PEM), so that every member can admit new nodes
+    /// and the cluster keeps that ability when any one member is gone. It travels only
+    /// inside the TLS session the token's CA authenticated, to the holder of a valid
+    /// one-time token, who becomes a member trusted by the same CA anyway.
+    pub ca_key_pem: String,
     /// The members as the issuer knows them.
     pub members: BTreeMap<NodeId, Member>,
 }

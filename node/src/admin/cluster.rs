@@ -146,7 +146,7 @@ struct TokenRequest {
     ttl_secs: Option<u64>,
 }
 
-/// `POST /v1/cluster/tokens`: a one-time join token, from the node holding the CA key.
+/// `POST /v1/cluster/tokens`: a one-time join token (every member holds the CA key).
 pub async fn issue_token(state: Arc<AdminState>, body: Incoming) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
@@ -167,8 +167,8 @@ pub async fn issue_token(state: Arc<AdminState>, body: Incoming) -> Reply {
         return error(
             StatusCode::CONFLICT,
             format!(
-                "node {} does not hold the cluster CA key, so it cannot issue join tokens: \
-                 ask the node that created the cluster (the one whose data dir has tls/ca.key)",
+                "node {} does not hold the cluster CA key (its data dir has no tls/ca.key), so it \
+                 cannot issue join tokens: ask another member",
                 member.id()
             ),
         );

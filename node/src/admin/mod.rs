@@ -41,7 +41,7 @@ pub struct AdminState {
     /// The node's Raft member; `None` on a standalone node. Weak, so the admin task
     /// never keeps Raft from shutting down with the node.
     pub member: Option<Weak<QuicConsensus<ReplicatedState>>>,
-    /// Issues join tokens; `None` unless this node holds the cluster CA key.
+    /// Issues join tokens; `None` if this node's data dir lacks the cluster CA key.
     pub enroller: Option<Arc<Enroller>>,
     /// The node's state (extensions, calls).
     pub data: Data,
