@@ -60,6 +60,11 @@ pub fn status_table(v: &Value) -> String {
     out.push_str(&format!("leader:    {leader}\n"));
     out.push_str(&format!("commit:    {}\n", cell(&v["committed"])));
     out.push_str(&format!("applied:   {}\n", cell(&v["applied"])));
+    out.push_str(&format!(
+        "snapshot:  {} (log purged up to {})\n",
+        cell(&v["snapshot"]),
+        cell(&v["purged"])
+    ));
     if let Some(e) = v["leader_view_error"].as_str() {
         out.push_str(&format!("(no replication progress: {e})\n"));
     }

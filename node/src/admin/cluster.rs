@@ -132,6 +132,8 @@ pub async fn status(state: Arc<AdminState>) -> Reply {
             "last_log": own.last_log,
             "committed": own.committed,
             "applied": own.applied,
+            "snapshot": own.snapshot,
+            "purged": own.purged,
             "members": members,
             "leader_view": view.is_some(),
             "leader_view_error": view_error,
