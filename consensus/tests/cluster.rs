@@ -434,3 +434,33 @@ async fn a_cut_off_leader_stops_claiming_leadership_once_its_lease_runs_out() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_an_unreachable_voter_fails_and_the_leader_keeps_leading() {
+    let (net, root) = (LocalNet::new(), TempDir::new().unwrap());
+    let nodes = three_nodes(&net, &root).await;
+    let leader = wait_leader(&refs(&nodes)).await;
+    nodes[0].propose(put("a", "1")).await.unwrap();
+    let old = nodes.iter().find(|n| n.id() == leader).unwrap();
+    let target = nodes.iter().find(|n| n.id() != leader).unwrap();
+    let bystander = nodes
+        .iter()
+        .find(|n| n.id() != leader && n.id() != target.id())
+        .unwrap();
+
+    net.isolate(addr(target.id()));
+    let err = old.transfer_leader(Some(target.id())).await.unwrap_err();
+    assert!(
+        matches!(err, consensus::AdminError::NotTransferred(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("keeps leading"), "{err}");
+
+    // Heartbeats and proposals are back: the leader keeps its lease and commits.
+    wait_for(old, "the lease", |s| s.holds_lease()).await;
+    bystander.propose(put("b", "2")).await.unwrap();
+    assert_eq!(bystander.status().leader, Some(leader));
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
