@@ -60,7 +60,9 @@ pub struct Status {
 
 impl Status {
     /// True on a leader whose lease is valid: a majority acknowledged it within the
-    /// leader lease, so no other leader can exist yet. What may own cluster-wide side
+    /// leader lease, so no other leader can exist yet (openraft dates an acknowledgement
+    /// by when the leader sent the request, before the follower's own lease began, and a
+    /// follower votes for no one else within its lease). What may own cluster-wide side
     /// effects (the virtual IP, timers of calls and bindings) checks this.
     pub fn holds_lease(&self) -> bool {
         self.role == Role::Leader && self.leader == Some(self.id)
