@@ -11,7 +11,8 @@
 //! 1. holding proposals and read barriers back (whatever it replicates renews the
 //!    followers' leases); they queue behind the transfer instead of failing;
 //! 2. waiting until the target has its whole log, so every voter grants it the vote;
-//! 3. stopping heartbeats until the lease has run out on the followers;
+//! 3. stopping heartbeats until the lease has run out on the followers (and in its own
+//!    [`Status`](crate::Status), so it no longer claims to lead);
 //! 4. asking the target to campaign ([`AdminRequest::Campaign`]) before any other
 //!    follower's own timer (lease + `election_timeout_min`) fires;
 //! 5. waiting, bounded, for a new leader to show in its own metrics.
@@ -252,6 +253,12 @@ impl LeaderOps {
 
         let heartbeats_off = HeartbeatsOff::new(&self.raft);
         tokio::time::sleep(self.timings.silence()).await;
+        // This node's status drops the lease on its next check: wait for that (briefly)
+        // so that whatever follows the lease (the virtual IP) lets go before another
+        // leader can exist.
+        let mut status = self.status.clone();
+        let released = status.wait_for(|s| !s.holds_lease());
+        let _ = tokio::time::timeout(self.timings.heartbeat * 2, released).await;
         (self.send)(
             target,
             member.raft_addr,
