@@ -1,7 +1,7 @@
 //! The API the rest of the system sees: start a member, propose commands from any node,
 //! change membership, read linearizably, and watch the node's role and progress.
 
-use crate::admin::{call_at, forward_to, AdminAnswer, AdminRequest, LeaderOps};
+use crate::admin::{call_at, forward_to, AdminAnswer, AdminRequest, LeaderOps, SendAdmin, Timings};
 use crate::app::App;
 use crate::error::{AdminError, LeaderHint, ProposeError, ShutdownError, StartError};
 use crate::handler::RaftHandler;
@@ -139,12 +139,26 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
         let raft = Raft::new(id, raft_config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let status = status::track(raft.metrics(), committed);
+        // openraft's leader lease is election_timeout_max: followers refuse other
+        // candidates for that long after hearing from the leader.
+        let status = status::track(
+            raft.metrics(),
+            committed,
+            config.election_timeout_max,
+            config.heartbeat,
+        );
+        let timings = Timings {
+            lease: config.election_timeout_max,
+            heartbeat: config.heartbeat,
+            election_timeout_min: config.election_timeout_min,
+        };
         let ops = LeaderOps::new(
             raft.clone(),
             status.clone(),
             config.admin_timeout,
             config.propose_timeout,
+            timings,
+            admin_sender(client.clone()),
         );
         Ok(Consensus {
             id,
@@ -218,6 +232,17 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
     /// Removes node `id` (voter or learner) from the cluster. Works on any member.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), AdminError> {
         self.admin(AdminRequest::RemoveNode { id }).await.map(drop)
+    }
+
+    /// Hands leadership to voter `to`, or with `None` to the most caught-up voter, and
+    /// answers the new leader. Works on any member (the leader does it). Proposals made
+    /// meanwhile wait for the transfer (a second or so) and then go to the new leader.
+    /// openraft 0.9 has no transfer of its own; see [`crate::admin`] for how this works.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, AdminError> {
+        match self.admin(AdminRequest::TransferLeader { to }).await? {
+            AdminAnswer::Leader(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The leader's status (with its replication progress), asked from any member.
@@ -376,7 +401,7 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
     }
 
     async fn write_local(&self, payload: &Payload, wait: Duration) -> Attempt {
-        match tokio::time::timeout(wait, self.raft.client_write(payload.clone())).await {
+        match tokio::time::timeout(wait, self.ops.client_write(payload.clone())).await {
             Ok(Ok(resp)) => Attempt::Done(resp.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Attempt::Retry(format!("leadership moved to {:?}", f.leader_id))
@@ -458,6 +483,15 @@ impl<A: App, C: RpcClient> Consensus<A, C> {
             Err(_) => Err(ShutdownError::StillOpen(wait)),
         }
     }
+}
+
+/// Sends admin requests to other members through `client`, for the leader's side of a
+/// transfer (which runs where the transport's type is not known).
+fn admin_sender<C: RpcClient>(client: Arc<C>) -> SendAdmin {
+    Arc::new(move |id, addr, req, wait| {
+        let client = client.clone();
+        Box::pin(async move { forward_to(&*client, Some(id), addr, &req, wait).await })
+    })
 }
 
 fn unexpected(answer: AdminAnswer) -> AdminError {

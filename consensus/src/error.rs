@@ -99,6 +99,9 @@ pub enum AdminError {
     /// Raft is stopped on this node.
     #[error("consensus is stopped on this node; restart it")]
     Stopped,
+    /// A leadership transfer did not move leadership to the node asked for.
+    #[error("leadership not transferred: {0}")]
+    NotTransferred(String),
     /// The operation had to run on the leader, and sending it there failed.
     #[error("{what}: forwarding to the leader ({}) at {addr} failed: {reason}; check that node is up, or run the command on the leader", leader_name(.leader))]
     Forward {

@@ -41,7 +41,7 @@ impl RaftHandler {
             .propose_timeout
             .min(Duration::from_millis(req.timeout_ms));
         let reply: WriteReply =
-            match tokio::time::timeout(wait, self.raft.client_write(req.cmd)).await {
+            match tokio::time::timeout(wait, self.ops.client_write(req.cmd)).await {
                 Ok(Ok(resp)) => Ok(resp.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                     Err(WriteRejection::NotLeader {

@@ -339,3 +339,128 @@ async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> 
     .await;
     outs.into_iter().map(|o| o.unwrap()).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_chosen_voter_and_proposals_made_meanwhile_commit() {
+    let (net, root) = (LocalNet::new(), TempDir::new().unwrap());
+    let nodes = three_nodes(&net, &root).await;
+    let leader = wait_leader(&refs(&nodes)).await;
+    for i in 0..10 {
+        nodes[0].propose(put(&format!("k{i}"), "v")).await.unwrap();
+    }
+    let old = nodes.iter().find(|n| n.id() == leader).unwrap();
+    let others: Vec<&Node> = nodes.iter().filter(|n| n.id() != leader).collect();
+    let (target, bystander) = (others[1], others[0]);
+
+    // Asked on a follower (forwarded to the leader); proposals arrive on the old leader
+    // and on the bystander while the leader holds proposals back.
+    let (moved, a, b) = tokio::join!(
+        bystander.transfer_leader(Some(target.id())),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            old.propose(put("on-old-leader", "during")).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            bystander.propose(put("on-bystander", "during")).await
+        },
+    );
+    assert_eq!(moved.unwrap(), target.id());
+    assert!(a.unwrap().ok && b.unwrap().ok);
+    assert_eq!(wait_leader(&refs(&nodes)).await, target.id());
+    let s = wait_for(target, "the lease", |s| s.holds_lease()).await;
+    assert_eq!(s.role, Role::Leader);
+    assert!(!old.status().holds_lease());
+
+    let index = committed(target).await;
+    for n in &nodes {
+        wait_applied(n, index).await;
+        for key in ["on-old-leader", "on-bystander", "k9"] {
+            assert!(
+                n.read(|db| get(db, key)).unwrap().is_some(),
+                "{key} on {}",
+                n.id()
+            );
+        }
+    }
+
+    // Already the leader: nothing to do. Unknown node: refused with the voters listed.
+    assert_eq!(
+        old.transfer_leader(Some(target.id())).await.unwrap(),
+        target.id()
+    );
+    let err = old.transfer_leader(Some(9)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("not a member") && err.to_string().contains("1, 2, 3"),
+        "{err}"
+    );
+    // No target: the most caught-up other voter takes over.
+    let next = target.transfer_leader(None).await.unwrap();
+    assert_ne!(next, target.id());
+    assert_eq!(wait_leader(&refs(&nodes)).await, next);
+    nodes[0].propose(put("after", "v")).await.unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_stops_claiming_leadership_once_its_lease_runs_out() {
+    let (net, root) = (LocalNet::new(), TempDir::new().unwrap());
+    let nodes = three_nodes(&net, &root).await;
+    let leader = wait_leader(&refs(&nodes)).await;
+    let cut = nodes.iter().find(|n| n.id() == leader).unwrap();
+    wait_for(cut, "the lease", |s| s.holds_lease()).await;
+
+    // openraft 0.9 keeps the role (no check-quorum), but the status no longer names a
+    // leader, though no metrics change while nobody answers.
+    net.isolate(addr(leader));
+    let s = wait_for(cut, "the lease to run out", |s| s.leader.is_none()).await;
+    assert_eq!(s.role, Role::Leader, "{s:?}");
+    assert!(!s.holds_lease());
+
+    // The majority's new leader holds its own lease.
+    let majority: Vec<&Node> = nodes.iter().filter(|n| n.id() != leader).collect();
+    let new_leader = wait_leader(&majority).await;
+    let n = majority.iter().find(|n| n.id() == new_leader).unwrap();
+    wait_for(n, "the new lease", |s| s.holds_lease()).await;
+
+    // Healed, the old leader follows the new one.
+    net.heal(addr(leader));
+    wait_for(cut, "the new leader", |s| s.leader.is_some()).await;
+    wait_leader(&refs(&nodes)).await;
+    nodes[0].propose(put("after", "v")).await.unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_an_unreachable_voter_fails_and_the_leader_keeps_leading() {
+    let (net, root) = (LocalNet::new(), TempDir::new().unwrap());
+    let nodes = three_nodes(&net, &root).await;
+    let leader = wait_leader(&refs(&nodes)).await;
+    nodes[0].propose(put("a", "1")).await.unwrap();
+    let old = nodes.iter().find(|n| n.id() == leader).unwrap();
+    let target = nodes.iter().find(|n| n.id() != leader).unwrap();
+    let bystander = nodes
+        .iter()
+        .find(|n| n.id() != leader && n.id() != target.id())
+        .unwrap();
+
+    net.isolate(addr(target.id()));
+    let err = old.transfer_leader(Some(target.id())).await.unwrap_err();
+    assert!(
+        matches!(err, consensus::AdminError::NotTransferred(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("keeps leading"), "{err}");
+
+    // Heartbeats and proposals are back: the leader keeps its lease and commits.
+    wait_for(old, "the lease", |s| s.holds_lease()).await;
+    bystander.propose(put("b", "2")).await.unwrap();
+    assert_eq!(bystander.status().leader, Some(leader));
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -443,14 +443,15 @@ impl Core {
         }
     }
 
-    /// Makes this core a cluster member's: new work is refused while no leader is known,
-    /// and only the leader writes expiry sweeps.
+    /// Makes this core a cluster member's: new work is refused while no leader is known
+    /// (including on a leader that lost its lease: cut off from the majority, it cannot
+    /// commit), and only the leader holding its lease writes expiry sweeps.
     pub fn follow_cluster(&mut self, status: watch::Receiver<consensus::Status>) {
         self.cluster = Some(status);
     }
 
     /// True when a change this node proposes can be committed now, as far as it knows:
-    /// standalone, or a leader is known.
+    /// standalone, or a leader is known (a leader without a valid lease reports none).
     fn can_commit(&self) -> bool {
         self.cluster
             .as_ref()
@@ -459,10 +460,9 @@ impl Core {
 
     /// True when this node performs the cluster-wide side effects (standalone, or leader).
     fn owns_side_effects(&self) -> bool {
-        self.cluster.as_ref().is_none_or(|s| {
-            let s = s.borrow();
-            s.leader == Some(s.id)
-        })
+        self.cluster
+            .as_ref()
+            .is_none_or(|s| s.borrow().holds_lease())
     }
 
     /// What the replicated state reports: one change, or a whole new state.

@@ -1,5 +1,5 @@
-//! `switchctl cluster status|token|remove-node|leave`: online commands against a running
-//! node's admin API.
+//! `switchctl cluster status|token|remove-node|leave|transfer-leader`: online commands
+//! against a running node's admin API.
 
 use crate::client::Admin;
 use crate::table::{cell, columns};
@@ -125,6 +125,33 @@ pub async fn leave(admin: &Admin, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Hands leadership to voter `to` (or the most caught-up one) and prints the new leader.
+pub async fn transfer(admin: &Admin, to: Option<u64>, output: Output) -> anyhow::Result<()> {
+    let body = to.map(|id| json!({ "to": id }));
+    // The node's errors already say what to do next (retry, another voter, ...).
+    let v = admin
+        .call(Method::POST, "/v1/cluster/transfer-leader", body)
+        .await?;
+    match output {
+        Output::Json => println!("{v}"),
+        Output::Table => println!("{}", transfer_line(&v)),
+    }
+    Ok(())
+}
+
+/// The one line `transfer-leader` prints: who leads now, and where its admin API is.
+fn transfer_line(v: &Value) -> String {
+    let leader = &v["leader"];
+    let id = cell(&leader["id"]);
+    let moved = v["previous"] != leader["id"];
+    let verb = if moved {
+        "is now the leader"
+    } else {
+        "already was the leader"
+    };
+    format!("node {id} {verb} (admin {})", cell(&leader["admin_addr"]))
+}
+
 /// Parses a duration like `600`, `30s`, `10m`, `2h` or `1d` (bare numbers are seconds).
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -160,6 +187,17 @@ mod tests {
         assert!(parse_ttl("0").is_err());
         assert!(parse_ttl("5y").is_err());
         assert!(parse_ttl("m").is_err());
+    }
+
+    #[test]
+    fn transfer_names_the_new_leader() {
+        let v = json!({ "leader": { "id": 2, "admin_addr": "10.0.0.2:8060" }, "previous": 1 });
+        assert_eq!(
+            transfer_line(&v),
+            "node 2 is now the leader (admin 10.0.0.2:8060)"
+        );
+        let v = json!({ "leader": { "id": 2, "admin_addr": "" }, "previous": 2 });
+        assert_eq!(transfer_line(&v), "node 2 already was the leader (admin -)");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! It reads a node's store offline (CDRs, extensions, registrations; works while the
 //! node runs), and operates its cluster over the node's admin HTTP API
-//! (`cluster status|token|remove-node`) or offline before it starts (`cluster join|init`).
+//! (`cluster status|token|remove-node|leave|transfer-leader`) or offline before it starts (`cluster join|init`).
 
 mod client;
 mod cluster;
@@ -126,6 +126,12 @@ enum ClusterAction {
     /// Take the node that `--admin` names out of the cluster (then stop it; its data
     /// dir no longer belongs to the cluster).
     Leave,
+    /// Hand leadership to another voter (then print the new leader).
+    TransferLeader {
+        /// The voter to lead (as `cluster status` lists it); default: the most caught-up.
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// Remove a node from the cluster.
     RemoveNode {
         /// The node's id (as `cluster status` lists it).
@@ -257,6 +263,7 @@ fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Re
             ClusterAction::Token { ttl } => cluster::token(&admin, ttl, output).await,
             ClusterAction::RemoveNode { id } => cluster::remove(&admin, id, output).await,
             ClusterAction::Leave => cluster::leave(&admin, output).await,
+            ClusterAction::TransferLeader { to } => cluster::transfer(&admin, to, output).await,
             ClusterAction::Join {
                 token,
                 placement,

@@ -1,26 +1,42 @@
 //! The operations as run on this node's Raft: they succeed on the leader and answer
 //! "not the leader" (with a hint) elsewhere. Never forwards: that is the caller's job.
 
+use super::transfer::{SendAdmin, Timings};
 use super::{AdminAnswer, AdminRequest};
 use crate::error::{AdminError, LeaderHint};
 use crate::status::{Role, Status};
-use crate::types::{Member, NodeId, Raft};
+use crate::types::{Member, NodeId, Payload, Raft, TypeConfig};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::ChangeMembers;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex, RwLock};
 use tokio::time::Instant;
+
+/// The outcome of appending a command through this node's Raft.
+pub(crate) type WriteResult =
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Member>>>;
 
 /// This node's Raft, seen as the place where admin operations run; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct LeaderOps {
-    raft: Raft,
-    status: watch::Receiver<Status>,
+    pub(super) raft: Raft,
+    pub(super) status: watch::Receiver<Status>,
     /// Bound of a membership change (a learner catching up included).
     admin_timeout: Duration,
     /// Bound of a read barrier.
-    read_timeout: Duration,
+    pub(super) read_timeout: Duration,
+    /// Proposals and read barriers hold it shared; a leadership transfer holds it alone,
+    /// because anything the leader replicates renews the followers' leases and would
+    /// make them refuse the new candidate.
+    pub(super) gate: Arc<RwLock<()>>,
+    /// Held by the one leadership transfer that may run at a time.
+    pub(super) transfer: Arc<Mutex<()>>,
+    /// Sends an admin request to another member (the transfer's election request).
+    pub(super) send: SendAdmin,
+    pub(super) timings: Timings,
 }
 
 impl LeaderOps {
@@ -29,12 +45,18 @@ impl LeaderOps {
         status: watch::Receiver<Status>,
         admin_timeout: Duration,
         read_timeout: Duration,
+        timings: Timings,
+        send: SendAdmin,
     ) -> LeaderOps {
         LeaderOps {
             raft,
             status,
             admin_timeout,
             read_timeout,
+            gate: Arc::new(RwLock::new(())),
+            transfer: Arc::new(Mutex::new(())),
+            send,
+            timings,
         }
     }
 
@@ -42,8 +64,17 @@ impl LeaderOps {
     pub(crate) fn budget(&self, req: &AdminRequest) -> Duration {
         match req {
             AdminRequest::ReadBarrier | AdminRequest::Status => self.read_timeout,
+            AdminRequest::TransferLeader { .. } => self.transfer_budget(),
+            AdminRequest::Campaign => super::transfer::CAMPAIGN_WAIT,
             _ => self.admin_timeout,
         }
+    }
+
+    /// Appends `cmd` through this node's Raft once no leadership transfer holds
+    /// proposals back (the caller bounds the whole wait).
+    pub(crate) async fn client_write(&self, cmd: Payload) -> WriteResult {
+        let _open = self.gate.read().await;
+        self.raft.client_write(cmd).await
     }
 
     /// Runs `req` on this node.
@@ -69,6 +100,10 @@ impl LeaderOps {
                 return self.read_barrier().await.map(AdminAnswer::ReadIndex)
             }
             AdminRequest::Status => return self.leader_status().map(AdminAnswer::Status),
+            AdminRequest::TransferLeader { to } => {
+                return self.transfer_leader(to).await.map(AdminAnswer::Leader)
+            }
+            AdminRequest::Campaign => self.campaign().await?,
         }
         Ok(AdminAnswer::Done)
     }
@@ -80,10 +115,17 @@ impl LeaderOps {
         if s.role == Role::Leader {
             return Ok(s.clone());
         }
+        drop(s);
+        Err(self.not_leader())
+    }
+
+    /// "Not the leader", with the leader this node knows.
+    pub(super) fn not_leader(&self) -> AdminError {
+        let s = self.status.borrow();
         let leader = s
             .leader
             .and_then(|id| s.members.get(&id).map(|m| (id, m.clone())));
-        Err(AdminError::NotLeader(LeaderHint { leader }))
+        AdminError::NotLeader(LeaderHint { leader })
     }
 
     async fn add_learner(
@@ -158,7 +200,13 @@ impl LeaderOps {
     /// linearizable read.
     pub(crate) async fn read_barrier(&self) -> Result<Option<u64>, AdminError> {
         let wait = self.read_timeout;
-        match tokio::time::timeout(wait, self.raft.ensure_linearizable()).await {
+        let confirm = async {
+            // Confirming leadership sends heartbeats: not while a transfer waits for the
+            // followers' leases to run out.
+            let _open = self.gate.read().await;
+            self.raft.ensure_linearizable().await
+        };
+        match tokio::time::timeout(wait, confirm).await {
             Ok(Ok(id)) => Ok(id.map(|id| id.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(AdminError::NotLeader(LeaderHint {

@@ -3,13 +3,15 @@
 //! forwarding from any member to the leader.
 //!
 //! openraft 0.9 has no leadership transfer (it arrives with 0.10's
-//! `trigger().transfer_leader`), so there is no such operation here yet.
+//! `trigger().transfer_leader`); the `transfer` module builds one from what 0.9 offers.
 
 mod forward;
 mod leader;
+mod transfer;
 
 pub(crate) use forward::{call_at, forward_to};
 pub(crate) use leader::LeaderOps;
+pub(crate) use transfer::{SendAdmin, Timings};
 
 use crate::error::{AdminError, LeaderHint};
 use crate::status::Status;
@@ -51,6 +53,14 @@ pub enum AdminRequest {
     ReadBarrier,
     /// The leader's view of the cluster.
     Status,
+    /// Hand leadership over to voter `to`, or to the most caught-up voter.
+    TransferLeader {
+        /// The voter that should lead; `None`: the leader picks.
+        to: Option<NodeId>,
+    },
+    /// Sent by a leader handing over to the receiver: start an election now (the
+    /// only admin request that runs on a follower).
+    Campaign,
 }
 
 impl AdminRequest {
@@ -63,6 +73,8 @@ impl AdminRequest {
             AdminRequest::RemoveNode { .. } => "removing the node",
             AdminRequest::ReadBarrier => "the read barrier",
             AdminRequest::Status => "the status query",
+            AdminRequest::TransferLeader { .. } => "the leadership transfer",
+            AdminRequest::Campaign => "the election request",
         }
     }
 }
@@ -76,6 +88,8 @@ pub enum AdminAnswer {
     ReadIndex(Option<u64>),
     /// The answering node's status.
     Status(Status),
+    /// The leader after a transfer.
+    Leader(NodeId),
 }
 
 /// Why the receiver did not carry out an [`AdminRequest`]; [`AdminError`] on the wire.
@@ -97,6 +111,8 @@ pub enum AdminFault {
     Rejected(String),
     /// Raft is stopped on the receiver.
     Stopped,
+    /// A leadership transfer did not happen; why.
+    NotTransferred(String),
 }
 
 /// The encoded answer to an [`AdminRequest`].
@@ -112,6 +128,7 @@ impl From<AdminError> for AdminFault {
             AdminError::AlreadyInitialized => AdminFault::AlreadyInitialized,
             AdminError::Rejected(r) => AdminFault::Rejected(r),
             AdminError::Stopped => AdminFault::Stopped,
+            AdminError::NotTransferred(r) => AdminFault::NotTransferred(r),
             // The receiver never forwards (one hop), so this only reports a local oddity.
             other @ AdminError::Forward { .. } => AdminFault::Rejected(other.to_string()),
         }
@@ -130,6 +147,7 @@ impl AdminFault {
             AdminFault::AlreadyInitialized => AdminError::AlreadyInitialized,
             AdminFault::Rejected(r) => AdminError::Rejected(r),
             AdminFault::Stopped => AdminError::Stopped,
+            AdminFault::NotTransferred(r) => AdminError::NotTransferred(r),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The cluster endpoints of the admin API: status, join tokens, member removal and
-//! readiness. They work on the node's Raft member; a standalone node has none.
+//! The cluster endpoints of the admin API: status, join tokens, member removal,
+//! leadership transfer and readiness. They work on the node's Raft member; a standalone
+//! node has none.
 
 use super::body::read_json;
 use super::reply::{error, json, Reply};
@@ -54,14 +55,18 @@ fn role_name(role: Role) -> &'static str {
 
 /// The leader as `{id, raft_addr, admin_addr}`, addresses when the membership has them.
 fn leader_json(status: &Status) -> Value {
-    match status.leader {
-        None => Value::Null,
-        Some(id) => match status.members.get(&id) {
-            Some(m) => {
-                json!({ "id": id, "raft_addr": m.raft_addr.to_string(), "admin_addr": m.admin_addr })
-            }
-            None => json!({ "id": id, "raft_addr": null, "admin_addr": null }),
-        },
+    status
+        .leader
+        .map_or(Value::Null, |id| node_json(status, id))
+}
+
+/// Member `id` as `{id, raft_addr, admin_addr}`, addresses when `status` has them.
+fn node_json(status: &Status, id: NodeId) -> Value {
+    match status.members.get(&id) {
+        Some(m) => {
+            json!({ "id": id, "raft_addr": m.raft_addr.to_string(), "admin_addr": m.admin_addr })
+        }
+        None => json!({ "id": id, "raft_addr": null, "admin_addr": null }),
     }
 }
 
@@ -215,12 +220,42 @@ pub async fn remove(state: Arc<AdminState>, id: &str) -> Reply {
     }
 }
 
+/// The body of `POST /v1/cluster/transfer-leader`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    /// The voter to hand leadership to; none: the most caught-up voter.
+    to: Option<NodeId>,
+}
+
+/// `POST /v1/cluster/transfer-leader`: hands leadership to `to` (or the most caught-up
+/// voter) and answers the new leader.
+pub async fn transfer_leader(state: Arc<AdminState>, body: Incoming) -> Reply {
+    let member = match member(&state) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    let req: TransferRequest = match read_json(body).await {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let old = member.status().leader;
+    match member.transfer_leader(req.to).await {
+        Ok(id) => json(
+            StatusCode::OK,
+            json!({ "leader": node_json(&member.status(), id), "previous": old }),
+        ),
+        Err(e) => admin_error(&member.status(), e),
+    }
+}
+
 /// Maps a failed membership operation to a status and a message saying where to go.
 fn admin_error(own: &Status, e: AdminError) -> Reply {
     let status = match &e {
-        AdminError::NotLeader(_) | AdminError::NoQuorum { .. } | AdminError::Stopped => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        AdminError::NotLeader(_)
+        | AdminError::NoQuorum { .. }
+        | AdminError::Stopped
+        | AdminError::NotTransferred(_) => StatusCode::SERVICE_UNAVAILABLE,
         AdminError::Forward { .. } => StatusCode::BAD_GATEWAY,
         AdminError::AlreadyInitialized | AdminError::Rejected(_) => StatusCode::CONFLICT,
     };
@@ -261,6 +296,13 @@ pub fn ready(state: &AdminState) -> Reply {
         ));
     }
     let Some(leader) = s.leader else {
+        if s.role == Role::Leader {
+            return not_ready(
+                "this node leads but no majority acknowledged it within the leader lease: \
+                 it is cut off from the other members (or handing leadership over)"
+                    .into(),
+            );
+        }
         return not_ready(
             "no leader is known: an election is under way or a majority is unreachable".into(),
         );

@@ -120,6 +120,10 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Reply {
             return cluster::issue_token(state, req.into_body()).await
         }
         "/v1/cluster/tokens" => return not_allowed(&method, &path, "POST"),
+        "/v1/cluster/transfer-leader" if method == Method::POST => {
+            return cluster::transfer_leader(state, req.into_body()).await
+        }
+        "/v1/cluster/transfer-leader" => return not_allowed(&method, &path, "POST"),
         _ => {}
     }
     match path.as_str() {

@@ -855,3 +855,28 @@ fn a_member_without_a_leader_refuses_new_work_and_mirrors_applied_changes() {
     assert!(find(&out, A, |m| is_status(m, 480)).is_some(), "{out:?}");
     assert!(find(&out, B2, |m| is_req(m, Method::Invite)).is_none());
 }
+
+#[test]
+fn a_leader_without_its_lease_refuses_new_work_until_a_majority_answers_again() {
+    let mut h = Harness::new(&[]);
+    // The leader lost its lease (no majority heard within it): consensus reports no
+    // usable leader although the role is still Leader.
+    let cut_off = consensus::Status {
+        role: consensus::Role::Leader,
+        ..status(1, None)
+    };
+    assert!(!cut_off.holds_lease());
+    let (tx, rx) = watch::channel(cut_off);
+    h.core.follow_cluster(rx);
+    h.recv_text(B1, &register("1002", 1, ""), 0);
+    let out = h.take();
+    let refused = find(&out, B1, |m| is_status(m, 503)).expect("503 at once");
+    assert_eq!(refused.headers.get("Retry-After"), Some("5"));
+
+    // The majority answers again: the lease is back and so is the service.
+    let back = status(1, Some(1));
+    assert!(back.holds_lease());
+    tx.send(back).unwrap();
+    h.recv_text(B1, &register("1002", 2, ""), 10);
+    assert!(find(&h.take(), B1, |m| is_status(m, 401)).is_some());
+}
