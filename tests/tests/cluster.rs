@@ -8,111 +8,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tests::cluster::{form_cluster, ok, registered, status, wait_ready, SWITCHCTL_LIMIT};
 use tests::netns::Lab;
-use tests::{run_bounded, scenario, switchctl_bin, Ext, Node, NodeOpts, Sipp, Value};
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn wait_ready(admin: SocketAddr) {
-    tests::wait_admin_ready(admin, Duration::from_secs(30));
-}
-
-/// Runs `cmd` (switchctl) bounded; returns stdout, failing the test on a non-zero exit.
-fn ok(cmd: &mut Command, dir: &Path, tag: &str) -> String {
-    let (st, out, err) = run_bounded(cmd, dir, tag, LIMIT).expect("switchctl runs");
-    assert!(st.is_some_and(|s| s.success()), "{tag}: {out}\n{err}");
-    out
-}
-
-/// Forms a cluster of one member per lab host: the first bootstraps with `exts`, the
-/// others join with `switchctl` (a token from the first, the join from inside their
-/// own namespace) and start on the data dir the join prepared.
-fn form_cluster(lab: &Lab, work: &Path, exts: Vec<Ext>) -> Vec<Node> {
-    let first = Node::start(NodeOpts {
-        host: Some(lab.hosts[0].clone()),
-        extensions: exts,
-        ..Default::default()
-    })
-    .expect("first member");
-    wait_ready(first.admin);
-    let mut members = vec![first];
-    for i in 1..lab.hosts.len() {
-        let admin = members[0].admin.to_string();
-        let token = ok(
-            Command::new(switchctl_bin()).args(["--admin", &admin, "cluster", "token"]),
-            work,
-            &format!("token{i}"),
-        );
-        let data = work.join(format!("data{i}"));
-        let ip = lab.ip(i);
-        ok(
-            lab.command(i, switchctl_bin()).args([
-                "cluster",
-                "join",
-                token.trim(),
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--raft-addr",
-                &format!("{ip}:7000"),
-                "--admin-addr",
-                &format!("{ip}:8060"),
-            ]),
-            work,
-            &format!("join{i}"),
-        );
-        let node = Node::start(NodeOpts {
-            host: Some(lab.hosts[i].clone()),
-            data_dir: Some(data),
-            bootstrap: false,
-            ..Default::default()
-        })
-        .expect("joined member");
-        wait_ready(node.admin);
-        members.push(node);
-    }
-    members
-}
-
-/// The `cluster status` JSON of the member at `admin`.
-fn status(admin: SocketAddr, work: &Path) -> Value {
-    let out = ok(
-        Command::new(switchctl_bin()).args([
-            "--admin",
-            &admin.to_string(),
-            "--output",
-            "json",
-            "cluster",
-            "status",
-        ]),
-        work,
-        "status",
-    );
-    serde_json::from_str(&out).expect("JSON status")
-}
-
-/// Addresses of record registered in a member's replicated state.
-fn registered(member: &Node, work: &Path) -> HashSet<String> {
-    let out = ok(
-        Command::new(switchctl_bin()).args([
-            "registrations",
-            "list",
-            "--data-dir",
-            member.data_dir.to_str().unwrap(),
-        ]),
-        work,
-        "registrations",
-    );
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["aor"].as_str().map(str::to_string))
-        .collect()
-}
+use tests::{run_bounded, scenario, switchctl_bin, Ext, NodeOpts, Sipp, Value};
 
 #[test]
 fn three_members_form_with_switchctl_and_share_registrations() {
     let lab = Lab::create(3).expect("lab");
     let work = tempfile::tempdir().unwrap();
-    let members = form_cluster(&lab, work.path(), NodeOpts::default().extensions);
+    let members = form_cluster(&lab, 3, work.path(), NodeOpts::default());
 
     // Three voters, whichever member is asked.
     for m in &members {
@@ -155,7 +59,15 @@ fn leader_killed_under_register_load_keeps_every_acknowledged_binding() {
     let work = tempfile::tempdir().unwrap();
     let users: Vec<String> = (2000..2300).map(|n| n.to_string()).collect();
     let exts = users.iter().map(|u| Ext::new(u)).collect();
-    let mut members = form_cluster(&lab, work.path(), exts);
+    let mut members = form_cluster(
+        &lab,
+        3,
+        work.path(),
+        NodeOpts {
+            extensions: exts,
+            ..NodeOpts::default()
+        },
+    );
     assert_eq!(status(members[0].admin, work.path())["leader"]["id"], 1);
 
     // 300 phones register with the leader at 60/s ...
@@ -270,7 +182,7 @@ fn register_from(
 fn a_partitioned_leader_refuses_writes_and_catches_up_after_healing() {
     let lab = Lab::create(3).expect("lab");
     let work = tempfile::tempdir().unwrap();
-    let members = form_cluster(&lab, work.path(), NodeOpts::default().extensions);
+    let members = form_cluster(&lab, 3, work.path(), NodeOpts::default());
     assert_eq!(status(members[0].admin, work.path())["leader"]["id"], 1);
 
     // Cut the leader off (its bridge port down).
@@ -350,7 +262,7 @@ fn a_partitioned_leader_refuses_writes_and_catches_up_after_healing() {
 fn all_members_stopped_and_started_again_keep_everything() {
     let lab = Lab::create(3).expect("lab");
     let work = tempfile::tempdir().unwrap();
-    let mut members = form_cluster(&lab, work.path(), NodeOpts::default().extensions);
+    let mut members = form_cluster(&lab, 3, work.path(), NodeOpts::default());
     assert!(register_from(
         &lab,
         1,
@@ -428,7 +340,7 @@ fn wait_leader_named(admin: SocketAddr, want: u64, work: &Path) -> Value {
 fn switchctl_transfers_leadership_to_a_named_follower() {
     let lab = Lab::create(3).expect("lab");
     let work = tempfile::tempdir().unwrap();
-    let members = form_cluster(&lab, work.path(), NodeOpts::default().extensions);
+    let members = form_cluster(&lab, 3, work.path(), NodeOpts::default());
     assert_eq!(status(members[0].admin, work.path())["leader"]["id"], 1);
     let target = status(members[2].admin, work.path())["id"]
         .as_u64()
@@ -491,7 +403,7 @@ fn switchctl_transfers_leadership_to_a_named_follower() {
         ]),
         work.path(),
         "transfer-to-stranger",
-        LIMIT,
+        SWITCHCTL_LIMIT,
     )
     .expect("switchctl runs");
     assert_eq!(st.and_then(|s| s.code()), Some(1), "{out}\n{err}");
