@@ -127,3 +127,21 @@ pub fn registered(member: &Node, work: &Path) -> HashSet<String> {
         .map(|(aor, _)| aor)
         .collect()
 }
+
+/// One REGISTER of `user` (password `pw<user>`, expires 3600) with `scenario_file`, from
+/// the test's own namespace (bound to the bridge address) to `member`.
+pub fn register_from_gateway(
+    lab: &Lab,
+    member: &Node,
+    user: &str,
+    scenario_file: &str,
+) -> crate::SippResult {
+    crate::Sipp::new(&format!("reg-{user}"), crate::scenario(scenario_file))
+        .remote(member.addr)
+        .local_ip(lab.gateway)
+        .local_port(crate::free_port())
+        .args(["-s", user, "-au", user, "-ap", &format!("pw{user}")])
+        .key("expires", "3600")
+        .run()
+        .expect("sipp runs")
+}

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tests::cluster::{form_cluster, ok, registered, status, wait_ready, SWITCHCTL_LIMIT};
+use tests::cluster::{
+    form_cluster, ok, register_from_gateway, registered, status, wait_ready, SWITCHCTL_LIMIT,
+};
 use tests::netns::Lab;
 use tests::{run_bounded, scenario, switchctl_bin, Ext, NodeOpts, Sipp, Value};
 
@@ -32,14 +34,7 @@ fn three_members_form_with_switchctl_and_share_registrations() {
 
     // A phone registers through the first member (SIPp in the test's namespace, bound
     // to the bridge address) ...
-    let r = Sipp::new("cluster-register", scenario("register.xml"))
-        .remote(members[0].addr)
-        .local_ip(lab.gateway)
-        .local_port(tests::free_port())
-        .args(["-s", "1001", "-au", "1001", "-ap", "pw1001"])
-        .key("expires", "3600")
-        .run()
-        .unwrap();
+    let r = register_from_gateway(&lab, &members[0], "1001", "register.xml");
     assert!(r.ok(), "{}", r.describe());
 
     // ... and the third member has the binding in its replicated state.

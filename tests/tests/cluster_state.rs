@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use tests::cluster::{bindings, form_cluster, join_member, ok, status, switchctl};
+use tests::cluster::{
+    bindings, form_cluster, join_member, ok, register_from_gateway, status, switchctl,
+};
 use tests::netns::Lab;
 use tests::{run_bounded, scenario, Ext, NodeOpts, Sipp, Value};
 
@@ -70,14 +72,7 @@ fn extension_created_on_one_member_is_served_by_the_others() {
     );
 
     // ... and member 3's SIP core knows it: the phone registers there.
-    let r = Sipp::new("cluster-new-ext", scenario("register.xml"))
-        .remote(members[2].addr)
-        .local_ip(lab.gateway)
-        .local_port(tests::free_port())
-        .args(["-s", "2500", "-au", "2500", "-ap", "pw2500"])
-        .key("expires", "3600")
-        .run()
-        .unwrap();
+    let r = register_from_gateway(&lab, &members[2], "2500", "register.xml");
     assert!(
         r.ok(),
         "REGISTER of the new extension on member 3\n{}",
@@ -123,14 +118,7 @@ fn extension_created_on_one_member_is_served_by_the_others() {
         "extension 2500 still listed",
         || (0..3).all(|i| show(i).is_none()),
     );
-    let r = Sipp::new("cluster-removed-ext", scenario("register-reject.xml"))
-        .remote(members[0].addr)
-        .local_ip(lab.gateway)
-        .local_port(tests::free_port())
-        .args(["-s", "2500", "-au", "2500", "-ap", "pw2500"])
-        .key("expires", "3600")
-        .run()
-        .unwrap();
+    let r = register_from_gateway(&lab, &members[0], "2500", "register-reject.xml");
     assert!(
         r.ok(),
         "REGISTER of the removed extension refused\n{}",
