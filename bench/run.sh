@@ -31,7 +31,8 @@
 #   CALL_RATES ("250 500 1000 2000 4000 8000"), REG_REFINE (1), CALL_REFINE (2), CALL_MS (1000),
 #   MAX_RETRANS_PCT (1), SIPP_BUF (4194304), CHILDREN (kamailio workers, 4), KAM_SHM_MB (2048),
 #   BUDGET_S (per ladder, 330), SYSTEMS ("softswitch kamailio"), TESTS ("register calls register3"),
-#   CLUSTER_GOAL (0.70), SWITCHCTL_BIN (next to SOFTSWITCH_BIN),
+#   CLUSTER_GOAL (0.70), SWITCHCTL_BIN (next to SOFTSWITCH_BIN), CLUSTER_TOML ('; '-separated
+#   extra [cluster] settings for every node, e.g. Raft timings; default none),
 #   SETTLE_S (35: pause after a failed call step, longer than the 30 s ring timeout and tm
 #   fr_inv_timer, so leftovers of that step cannot fail the next one),
 #   SOFTSWITCH_BIN, KEEP_SCRATCH=1, QUICK=1 (smoke run: 5 s steps, two low rates, no bisection).
@@ -82,6 +83,9 @@ REPO_DIR="$(cd "$BASE_DIR/.." && pwd)"
 SOFTSWITCH_BIN="${SOFTSWITCH_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/softswitch}"
 SWITCHCTL_BIN="${SWITCHCTL_BIN:-$(dirname "$SOFTSWITCH_BIN")/switchctl}"
 CLUSTER_GOAL="${CLUSTER_GOAL:-0.70}"   # register3: three nodes >= 70 % of the single node
+# extra [cluster] settings for every softswitch config, ';'-separated, e.g.
+# "heartbeat_ms = 100; election_timeout_min_ms = 1000; election_timeout_max_ms = 2000"
+CLUSTER_TOML="${CLUSTER_TOML:-}"
 
 need sipp; need python3; need /usr/bin/time; need awk; need ss
 [[ " $SYSTEMS " == *" kamailio "* ]] && need kamailio
@@ -147,6 +151,7 @@ listen = "127.0.0.1:$admin"
 [cluster]
 raft_listen = "127.0.0.1:$raft"
 bootstrap = $bootstrap
+${CLUSTER_TOML//;/$'\n'}
 
 [log]
 level = "warn"
@@ -203,6 +208,9 @@ start_sut_cluster3() {
 # SUT_PORT to the leader's SIP port (the load always goes to the current leader), CL_LEADER
 # and CL_TERM. Fails unless there are three voters and a leader.
 CL_LEADER=0; CL_TERM=0
+cluster3_write_failures() { # binding writes the nodes logged as failed (no quorum, unknown outcome)
+    cat "$SCRATCH"/cluster3-n*.log 2>/dev/null | grep -c "binding write failed"
+}
 cluster3_leader() {
     local i st leader_admin term
     for i in 0 1 2; do
@@ -246,10 +254,10 @@ header_calls() {
 # ---------------------------------------------------------------------------------------
 reg_step() {
     local rate="$1" m=$(( $1 * DURATION )) tag="reg-$SUT_NAME-$1"
-    local k0 k1 s0 s1 t0 t1 rc pass=1 note="" kd0 kd1 ud0 ud1 term0=0 leader0=0
+    local k0 k1 s0 s1 t0 t1 rc pass=1 note="" kd0 kd1 ud0 ud1 term0=0 leader0=0 wf0=0 wf
     if [[ "$SUT_NAME" == cluster3 ]]; then   # to the current leader; note elections
         cluster3_leader || log "cluster3: no leader known before the step"
-        term0="$CL_TERM"; leader0="$CL_LEADER"
+        term0="$CL_TERM"; leader0="$CL_LEADER"; wf0="$(cluster3_write_failures)"
     fi
     log "$SUT_NAME register: $rate REGISTER/s for ${DURATION}s ($m registrations)"
     kd0="$(sock_drops "$SUT_PORT")"; ud0="$(udp_rcvbuf_errors)"
@@ -276,6 +284,8 @@ reg_step() {
     if [[ "$SUT_NAME" == cluster3 ]]; then
         if ! cluster3_leader; then note="$note no_leader_after"
         elif [[ "$CL_TERM" != "$term0" ]]; then note="$note election(term $term0->$CL_TERM, leader $leader0->$CL_LEADER)"; fi
+        wf=$(( $(cluster3_write_failures) - wf0 ))
+        (( wf > 0 )) && note="$note write_failed=$wf"
     fi
     printf '%-10s %-7s %-4s %7s %6s %6s %8s %8s %6s %7s %5s %5s %5s %s\n' "$SUT_NAME" "$rate" \
         "$([[ $pass == 1 ]] && echo yes || echo NO)" "$ok" "$failed" "$retrans" "$sut_drop" "$oth_drop" \
@@ -431,6 +441,7 @@ describe() { # KEY -> note lines
 echo "# softswitch ($SOFTSWITCH_BIN) vs kamailio $(kamailio -v 2>/dev/null | awk '/^version/{print $3}'), sipp $(sipp -v 2>/dev/null | awk '/SIPp/{print $2}'), ${DURATION}s per step, $NPROC cores"
 echo "# pass = sipp exit 0, 0 failed calls (UAC and UAS), all calls created on time (gen_s <= $DURATION+1.5), retransmissions <= ${MAX_RETRANS_PCT}% of calls"
 echo "# sut% / sipp% / uac% / uas% = CPU in % of ONE core (kamailio: all its processes); busy% = whole machine (max $(( NPROC * 100 )))"
+[[ -n "$CLUSTER_TOML" ]] && echo "# every softswitch node ran with [cluster] $CLUSTER_TOML"
 echo "# calls: softswitch = B2BUA, caller IP-authenticated (trusted_ips, no 407), callee registered; kamailio = stateful record-routing proxy, no auth, no registrar"
 REG3=0; [[ " $TESTS " == *" register3 "* && " $SYSTEMS " == *" softswitch "* ]] && REG3=1
 if [[ " $TESTS " == *" register "* ]] || (( REG3 )); then
