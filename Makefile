@@ -64,6 +64,8 @@ bench: build deps-bench
 	bench/run.sh
 	@echo "# raft: 3 members in one process, QUIC mTLS on loopback, synced RocksDB logs"
 	$(BIN)/raft_commit
+	@echo "# catch-up: a 4th member (learner) on 1 000 000 bindings, by snapshot; goal <= 10 s"
+	$(BIN)/catchup
 
 clean:
 	cargo clean

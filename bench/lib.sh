@@ -319,3 +319,21 @@ udp_rcvbuf_errors() {
 sock_drops() {
     ss -uamnH "sport = :$1" 2>/dev/null | grep -o 'd[0-9]*)' | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}'
 }
+
+# wait_http_ok HOST:PORT PATH TIMEOUT_S -> true once GET http://HOST:PORT/PATH answers 200
+wait_http_ok() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import sys, time, urllib.request
+addr, path, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline = time.monotonic() + limit
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen("http://%s%s" % (addr, path), timeout=2) as r:
+            if r.status == 200:
+                sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.2)
+sys.exit(1)
+PY
+}

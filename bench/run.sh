@@ -11,25 +11,34 @@
 #                    3000 with trusted_ips = ["127.0.0.1"] (IP-authenticated: no 407 round
 #                    trip, like the Kamailio proxy, which does no auth either)
 #        kamailio:   stateful record-routing proxy (tm, t_relay by request-URI)  kamailio/proxy.cfg
+#  (c) register3: the REGISTER ladder of (a) against a three-node softswitch cluster (formed
+#      with switchctl: token + offline join, load on the leader) and the single node of (a)
+#      from the same run (measured first with the same ladder if (a) is not selected).
+#      Goal: three nodes >= CLUSTER_GOAL (0.70) x the single node.
 #
 # Rate ladder per (system, test): DURATION s per step, ascending RATES until the first failing
 # step, then REFINE bisection steps. A step passes when sipp exits 0, every call succeeded
 # (UAC and UAS), sipp created all calls on time (it kept up) and retransmissions were at most
 # MAX_RETRANS_PCT % of the calls. The figure is the highest passing rate.
 #
-# Everything on 127.0.0.1: softswitch udp+tcp :5170 (admin http :5171), kamailio udp :5070, UAS :5080, UAC :5090.
+# Everything on 127.0.0.1: softswitch udp+tcp :5170 (admin http :5171, raft/QUIC udp :5176),
+# cluster nodes 2 and 3 on :5172/:5173/:5177 and :5174/:5175/:5178, kamailio udp :5070,
+# UAS :5080, UAC :5090.
 # Refuses to start if one of those ports is taken. Stops only the processes it started (by PID,
 # start time checked), on any exit.
 #
 # Env knobs: DURATION (30), RATES (both ladders), REG_RATES ("2000 4000 8000 16000 24000 32000"),
 #   CALL_RATES ("250 500 1000 2000 4000 8000"), REG_REFINE (1), CALL_REFINE (2), CALL_MS (1000),
 #   MAX_RETRANS_PCT (1), SIPP_BUF (4194304), CHILDREN (kamailio workers, 4), KAM_SHM_MB (2048),
-#   BUDGET_S (per ladder, 330), SYSTEMS ("softswitch kamailio"), TESTS ("register calls"),
+#   BUDGET_S (per ladder, 330), SYSTEMS ("softswitch kamailio"), TESTS ("register calls register3"),
+#   CLUSTER_GOAL (0.70), SWITCHCTL_BIN (next to SOFTSWITCH_BIN), CLUSTER_TOML ('; '-separated
+#   extra [cluster] settings for every node, e.g. Raft timings; default none),
 #   SETTLE_S (35: pause after a failed call step, longer than the 30 s ring timeout and tm
 #   fr_inv_timer, so leftovers of that step cannot fail the next one),
 #   SOFTSWITCH_BIN, KEEP_SCRATCH=1, QUICK=1 (smoke run: 5 s steps, two low rates, no bisection).
-# Last two lines:
+# Last lines (each when its test ran):
 #   register_auth softswitch=N/s kamailio=M/s ratio=R
+#   register_auth_cluster three_nodes=N/s single_node=M/s ratio=R goal>=0.70 met=yes|NO
 #   calls softswitch=N cps kamailio=M cps ratio=R
 
 source "$(dirname "$0")/lib.sh"
@@ -54,11 +63,16 @@ SIPP_BUF="${SIPP_BUF:-4194304}"
 CHILDREN="${CHILDREN:-4}"
 BUDGET_S="${BUDGET_S:-330}"
 SYSTEMS="${SYSTEMS:-softswitch kamailio}"
-TESTS="${TESTS:-register calls}"
+TESTS="${TESTS:-register calls register3}"
 SETTLE_S="${SETTLE_S:-35}"
 
 SS_PORT=5170
 SS_ADMIN_PORT=5171
+# three-node cluster (register3): node i on SIP SS_PORTS[i], admin SS_ADMIN_PORTS[i], Raft
+# (QUIC) SS_RAFT_PORTS[i]; node 1 is the single node's ports, which also listens for Raft
+SS_PORTS=(5170 5172 5174)
+SS_ADMIN_PORTS=(5171 5173 5175)
+SS_RAFT_PORTS=(5176 5177 5178)
 KAM_PORT=5070
 UAS_PORT=5080
 UAC_PORT=5090
@@ -67,15 +81,23 @@ CALLER=3000
 
 REPO_DIR="$(cd "$BASE_DIR/.." && pwd)"
 SOFTSWITCH_BIN="${SOFTSWITCH_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/softswitch}"
+SWITCHCTL_BIN="${SWITCHCTL_BIN:-$(dirname "$SOFTSWITCH_BIN")/switchctl}"
+CLUSTER_GOAL="${CLUSTER_GOAL:-0.70}"   # register3: three nodes >= 70 % of the single node
+# extra [cluster] settings for every softswitch config, ';'-separated, e.g.
+# "heartbeat_ms = 100; election_timeout_min_ms = 1000; election_timeout_max_ms = 2000"
+CLUSTER_TOML="${CLUSTER_TOML:-}"
 
 need sipp; need python3; need /usr/bin/time; need awk; need ss
 [[ " $SYSTEMS " == *" kamailio "* ]] && need kamailio
 raise_nofile
-for p in "$KAM_PORT" "$UAS_PORT" "$UAC_PORT" "$SS_PORT"; do
+[[ " $TESTS " == *" register3 "* && " $SYSTEMS " == *" softswitch "* && ! -x "$SWITCHCTL_BIN" ]] \
+    && die "switchctl not found: $SWITCHCTL_BIN (make build, or set SWITCHCTL_BIN)"
+for p in "$KAM_PORT" "$UAS_PORT" "$UAC_PORT" "${SS_PORTS[@]}" "${SS_RAFT_PORTS[@]}"; do
     udp_taken "$p" && die "127.0.0.1:$p (udp) is already in use"
 done
-tcp_listening 127.0.0.1 "$SS_PORT" && die "127.0.0.1:$SS_PORT (tcp) is already in use"
-tcp_listening 127.0.0.1 "$SS_ADMIN_PORT" && die "127.0.0.1:$SS_ADMIN_PORT (tcp, admin) is already in use"
+for p in "${SS_PORTS[@]}" "${SS_ADMIN_PORTS[@]}"; do
+    tcp_listening 127.0.0.1 "$p" && die "127.0.0.1:$p (tcp) is already in use"
+done
 
 # users 100000..119999, password pw<user> (the Kamailio registrar accepts the same pattern)
 USERS="$SCRATCH/users.csv"
@@ -91,23 +113,24 @@ declare -A BEST=() FAIL=() NOTE=()
 # the system under test: SUT_NAME, SUT_PORT, SUT_PIDS (for CPU accounting)
 SUT_NAME=""; SUT_PORT=0; declare -a SUT_PIDS=()
 
-start_sut_softswitch() { # a fresh node (empty data dir) for each ladder
-    local dir="$SCRATCH/softswitch"
-    rm -rf "$dir/data"
-    mkdir -p "$dir"
+write_softswitch_pbx() { # FILE: the seed with the bench users, callee and caller
     {
         echo "extensions:"
         seq 100000 119999 | awk '{printf "  - number: \"%s\"\n    name: \"Bench %s\"\n    password: \"pw%s\"\n", $1, $1, $1}'
         printf '  - number: "%s"\n    name: "Bench callee"\n    password: "pw%s"\n' "$CALLEE" "$CALLEE"
         printf '  - number: "%s"\n    name: "Bench caller"\n    password: "pw%s"\n    trusted_ips: ["127.0.0.1"]\n' "$CALLER" "$CALLER"
-    } >"$dir/pbx.yaml"
+    } >"$1"
+}
+
+write_softswitch_config() { # DIR SIP_PORT ADMIN_PORT RAFT_PORT BOOTSTRAP(true|false) [SEED]
+    local dir="$1" sip="$2" admin="$3" raft="$4" bootstrap="$5" seed="${6:-}"
     cat >"$dir/node.toml" <<EOF
 [node]
 data_dir = "$dir/data"
 
 [sip]
-udp = ["127.0.0.1:$SS_PORT"]
-tcp = ["127.0.0.1:$SS_PORT"]
+udp = ["127.0.0.1:$sip"]
+tcp = ["127.0.0.1:$sip"]
 advertised_host = "127.0.0.1"
 
 [registrar]
@@ -122,18 +145,88 @@ algorithms = ["MD5"]
 [calls]
 ring_timeout_secs = 30
 
-[pbx]
-seed = "$dir/pbx.yaml"
-
 [admin]
-listen = "127.0.0.1:$SS_ADMIN_PORT"
+listen = "127.0.0.1:$admin"
+
+[cluster]
+raft_listen = "127.0.0.1:$raft"
+bootstrap = $bootstrap
+${CLUSTER_TOML//;/$'\n'}
 
 [log]
 level = "warn"
 EOF
+    [[ -n "$seed" ]] && printf '\n[pbx]\nseed = "%s"\n' "$seed" >>"$dir/node.toml"
+    return 0
+}
+
+start_sut_softswitch() { # a fresh node (empty data dir) for each ladder
+    local dir="$SCRATCH/softswitch"
+    rm -rf "$dir/data"
+    mkdir -p "$dir"
+    write_softswitch_pbx "$dir/pbx.yaml"
+    write_softswitch_config "$dir" "$SS_PORT" "$SS_ADMIN_PORT" "${SS_RAFT_PORTS[0]}" true "$dir/pbx.yaml"
     SUT_NAME=softswitch; SUT_PORT=$SS_PORT; SUT_PIDS=()
     start_softswitch "$SOFTSWITCH_BIN" "$dir/node.toml" "$SS_PORT" "$SCRATCH/softswitch-$1.log" || return 1
     SUT_PIDS=("$SS_PID")
+}
+
+# Three nodes on loopback formed with switchctl, as an operator does (README "Operating
+# it"): node 1 bootstraps a one-node cluster with the seed; nodes 2 and 3 each get a join
+# token from node 1, join offline on their empty data dir (`switchctl cluster join`
+# returns once the node is a voter), then start on it with cluster.bootstrap = false.
+# The SIP load goes to the leader; SUT_PIDS holds all three nodes (sut% = the cluster).
+start_sut_cluster3() {
+    local i dir token out leader_admin
+    SUT_NAME=cluster3; SUT_PIDS=(); SUT_PORT=0
+    for i in 0 1 2; do
+        dir="$SCRATCH/cluster3/n$(( i + 1 ))"
+        rm -rf "$dir"; mkdir -p "$dir"
+        if (( i == 0 )); then
+            write_softswitch_pbx "$dir/pbx.yaml"
+            write_softswitch_config "$dir" "${SS_PORTS[0]}" "${SS_ADMIN_PORTS[0]}" "${SS_RAFT_PORTS[0]}" true "$dir/pbx.yaml"
+        else
+            write_softswitch_config "$dir" "${SS_PORTS[$i]}" "${SS_ADMIN_PORTS[$i]}" "${SS_RAFT_PORTS[$i]}" false
+            token="$(timeout 30 "$SWITCHCTL_BIN" --admin "127.0.0.1:${SS_ADMIN_PORTS[0]}" cluster token 2>>"$SCRATCH/cluster3.log")" \
+                || { log "cluster3: no join token from node 1 (cluster3.log)"; return 1; }
+            out="$(timeout 120 "$SWITCHCTL_BIN" cluster join "$token" --data-dir "$dir/data" \
+                --raft-addr "127.0.0.1:${SS_RAFT_PORTS[$i]}" --admin-addr "127.0.0.1:${SS_ADMIN_PORTS[$i]}" \
+                --config "$dir/node.toml" 2>>"$SCRATCH/cluster3.log")" \
+                || { log "cluster3: node $(( i + 1 )) could not join (cluster3.log)"; return 1; }
+            log "cluster3: ${out%%$'\n'*}"
+        fi
+        start_softswitch "$SOFTSWITCH_BIN" "$dir/node.toml" "${SS_PORTS[$i]}" "$SCRATCH/cluster3-n$(( i + 1 )).log" || return 1
+        SUT_PIDS+=("$SS_PID")
+        wait_http_ok "127.0.0.1:${SS_ADMIN_PORTS[$i]}" /readyz 60 \
+            || { log "cluster3: node $(( i + 1 )) not ready (GET /readyz)"; return 1; }
+    done
+    cluster3_leader || { log "cluster3: not three voters with a known leader"; return 1; }
+    log "cluster3: three voters, leader node $CL_LEADER (term $CL_TERM), SIP load to 127.0.0.1:$SUT_PORT"
+}
+
+# cluster3_leader: asks the members (first that answers) for the cluster status; sets
+# SUT_PORT to the leader's SIP port (the load always goes to the current leader), CL_LEADER
+# and CL_TERM. Fails unless there are three voters and a leader.
+CL_LEADER=0; CL_TERM=0
+cluster3_write_failures() { # binding writes the nodes logged as failed (no quorum, unknown outcome)
+    cat "$SCRATCH"/cluster3-n*.log 2>/dev/null | grep -c "binding write failed"
+}
+cluster3_leader() {
+    local i st leader_admin term
+    for i in 0 1 2; do
+        st="$(timeout 10 "$SWITCHCTL_BIN" --admin "127.0.0.1:${SS_ADMIN_PORTS[$i]}" --output json cluster status 2>/dev/null \
+            | python3 -c 'import json, sys
+v = json.load(sys.stdin)
+ok = len(v["members"]) == 3 and all(m["role"] == "voter" for m in v["members"]) and v.get("leader")
+print(v["leader"]["admin_addr"], v["term"]) if ok else None' 2>/dev/null)" && [[ -n "$st" ]] && break
+    done
+    read -r leader_admin term <<<"$st"
+    for i in 0 1 2; do
+        if [[ "$leader_admin" == "127.0.0.1:${SS_ADMIN_PORTS[$i]}" ]]; then
+            SUT_PORT="${SS_PORTS[$i]}"; CL_LEADER=$(( i + 1 )); CL_TERM="$term"; return 0
+        fi
+    done
+    return 1
 }
 
 stop_sut() {
@@ -161,7 +254,11 @@ header_calls() {
 # ---------------------------------------------------------------------------------------
 reg_step() {
     local rate="$1" m=$(( $1 * DURATION )) tag="reg-$SUT_NAME-$1"
-    local k0 k1 s0 s1 t0 t1 rc pass=1 note="" kd0 kd1 ud0 ud1
+    local k0 k1 s0 s1 t0 t1 rc pass=1 note="" kd0 kd1 ud0 ud1 term0=0 leader0=0 wf0=0 wf
+    if [[ "$SUT_NAME" == cluster3 ]]; then   # to the current leader; note elections
+        cluster3_leader || log "cluster3: no leader known before the step"
+        term0="$CL_TERM"; leader0="$CL_LEADER"; wf0="$(cluster3_write_failures)"
+    fi
     log "$SUT_NAME register: $rate REGISTER/s for ${DURATION}s ($m registrations)"
     kd0="$(sock_drops "$SUT_PORT")"; ud0="$(udp_rcvbuf_errors)"
     k0="$(cpu_ticks "${SUT_PIDS[@]}")"; s0="$(sys_cpu)"; t0="$(date +%s.%N)"
@@ -184,6 +281,12 @@ reg_step() {
     if (( failed > 0 || ok < m )); then pass=0; note="$note failed/incomplete"; fi
     if fcmp "$gen_s < 0 || $gen_s > $DURATION + 1.5"; then pass=0; note="$note sipp_fell_behind"; fi
     if fcmp "$retrans > $m * $MAX_RETRANS_PCT / 100"; then pass=0; note="$note retrans>${MAX_RETRANS_PCT}%"; fi
+    if [[ "$SUT_NAME" == cluster3 ]]; then
+        if ! cluster3_leader; then note="$note no_leader_after"
+        elif [[ "$CL_TERM" != "$term0" ]]; then note="$note election(term $term0->$CL_TERM, leader $leader0->$CL_LEADER)"; fi
+        wf=$(( $(cluster3_write_failures) - wf0 ))
+        (( wf > 0 )) && note="$note write_failed=$wf"
+    fi
     printf '%-10s %-7s %-4s %7s %6s %6s %8s %8s %6s %7s %5s %5s %5s %s\n' "$SUT_NAME" "$rate" \
         "$([[ $pass == 1 ]] && echo yes || echo NO)" "$ok" "$failed" "$retrans" "$sut_drop" "$oth_drop" \
         "$gen_s" "$rate_got" "$sut_pct" "$sipp_pct" "$busy" "${note# }" | tee -a "$STEPS.reg" >&2
@@ -276,16 +379,33 @@ not_measured() { # KEY WHY
     stop_sut
 }
 
+single_node_register() {
+    if start_sut_softswitch register; then
+        run_ladder softswitch/register reg_step "$REG_RATES" "$REG_REFINE" "$REG_COST"
+        stop_sut
+    else
+        not_measured softswitch/register "the node did not start (log: softswitch-register.log)"
+    fi
+}
+
 for sys in $SYSTEMS; do
     for t in $TESTS; do
         case "$sys/$t" in
             softswitch/register)
-                if start_sut_softswitch register; then
+                single_node_register ;;
+            softswitch/register3)
+                # the single node's figure from this run: measured above, or now, same ladder
+                if [[ -z "${BEST[softswitch/register]+set}" ]]; then
+                    log "register3: measuring the single node first, with the same ladder"
+                    single_node_register
+                fi
+                if start_sut_cluster3; then
                     run_ladder "$sys/$t" reg_step "$REG_RATES" "$REG_REFINE" "$REG_COST"
                     stop_sut
                 else
-                    not_measured "$sys/$t" "the node did not start (log: softswitch-register.log)"
+                    not_measured "$sys/$t" "the cluster did not form (logs: cluster3*.log)"
                 fi ;;
+            kamailio/register3) ;;   # a softswitch-only comparison
             softswitch/calls)
                 if ! start_sut_softswitch calls; then
                     not_measured "$sys/$t" "the node did not start (log: softswitch-calls.log)"
@@ -321,11 +441,14 @@ describe() { # KEY -> note lines
 echo "# softswitch ($SOFTSWITCH_BIN) vs kamailio $(kamailio -v 2>/dev/null | awk '/^version/{print $3}'), sipp $(sipp -v 2>/dev/null | awk '/SIPp/{print $2}'), ${DURATION}s per step, $NPROC cores"
 echo "# pass = sipp exit 0, 0 failed calls (UAC and UAS), all calls created on time (gen_s <= $DURATION+1.5), retransmissions <= ${MAX_RETRANS_PCT}% of calls"
 echo "# sut% / sipp% / uac% / uas% = CPU in % of ONE core (kamailio: all its processes); busy% = whole machine (max $(( NPROC * 100 )))"
+[[ -n "$CLUSTER_TOML" ]] && echo "# every softswitch node ran with [cluster] $CLUSTER_TOML"
 echo "# calls: softswitch = B2BUA, caller IP-authenticated (trusted_ips, no 407), callee registered; kamailio = stateful record-routing proxy, no auth, no registrar"
-if [[ " $TESTS " == *" register "* ]]; then
-    echo "## register_auth (REGISTER/s)"
+REG3=0; [[ " $TESTS " == *" register3 "* && " $SYSTEMS " == *" softswitch "* ]] && REG3=1
+if [[ " $TESTS " == *" register "* ]] || (( REG3 )); then
+    echo "## register_auth (REGISTER/s)$( (( REG3 )) && echo "; cluster3 = three softswitch nodes formed with switchctl, load on the leader, sut% = all three")"
     header_reg; cat "$STEPS.reg"
     for s in $SYSTEMS; do describe "$s/register"; done
+    (( REG3 )) && describe softswitch/register3
 fi
 if [[ " $TESTS " == *" calls "* ]]; then
     echo "## calls (calls/s, hold ${CALL_MS} ms)"
@@ -333,5 +456,10 @@ if [[ " $TESTS " == *" calls "* ]]; then
     for s in $SYSTEMS; do describe "$s/calls"; done
 fi
 [[ " $TESTS " == *" register "* ]] && echo "register_auth softswitch=${BEST[softswitch/register]:-0}/s kamailio=${BEST[kamailio/register]:-0}/s ratio=$(ratio "${BEST[softswitch/register]:-0}" "${BEST[kamailio/register]:-0}")"
+if (( REG3 )); then
+    r3="$(ratio "${BEST[softswitch/register3]:-0}" "${BEST[softswitch/register]:-0}")"
+    met="n/a"; [[ "$r3" != n/a ]] && { fcmp "$r3 >= $CLUSTER_GOAL" && met=yes || met=NO; }
+    echo "register_auth_cluster three_nodes=${BEST[softswitch/register3]:-0}/s single_node=${BEST[softswitch/register]:-0}/s ratio=$r3 goal>=$CLUSTER_GOAL met=$met"
+fi
 [[ " $TESTS " == *" calls "* ]] && echo "calls softswitch=${BEST[softswitch/calls]:-0} cps kamailio=${BEST[kamailio/calls]:-0} cps ratio=$(ratio "${BEST[softswitch/calls]:-0}" "${BEST[kamailio/calls]:-0}")"
 exit 0

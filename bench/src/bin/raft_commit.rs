@@ -6,19 +6,15 @@
 //! binding per entry, committed entries per second with concurrent proposers, and
 //! bindings per second when each entry carries a batch of 128 (as the SIP core does).
 
-use consensus::net::{ClusterCa, QuicClient, QuicServer};
-use consensus::{Config, Consensus, Member};
-use node::cluster::ReplicatedState;
+use bench::{start_cluster, ClusterMember};
+use consensus::Config;
 use node::registrar::Binding;
 use node::sip::{Peer, Transport};
 use node::store::Command;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-type ClusterMember = Consensus<ReplicatedState, QuicClient>;
 
 fn binding(n: u64) -> Command {
     Command::PutBinding {
@@ -41,60 +37,6 @@ fn binding(n: u64) -> Command {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-async fn start_cluster(
-    dirs: &[tempfile::TempDir],
-) -> anyhow::Result<(Vec<Arc<ClusterMember>>, Vec<QuicServer>)> {
-    let ca = ClusterCa::generate("bench")?;
-    let addrs: Vec<SocketAddr> = (0..dirs.len())
-        .map(|_| {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .map_err(anyhow::Error::from)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let members: BTreeMap<u64, Member> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let m = Member {
-                raft_addr: *a,
-                admin_addr: String::new(),
-            };
-            (i as u64 + 1, m)
-        })
-        .collect();
-    let (mut nodes, mut servers) = (Vec::new(), Vec::new());
-    for (i, dir) in dirs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let identity = ca.issue(id, &[])?;
-        let client = QuicClient::new(Some(&identity), ca.cert_pem())?;
-        let node = Consensus::start(
-            id,
-            members[&id].clone(),
-            dir.path(),
-            ReplicatedState::default(),
-            client,
-            Config::default(),
-        )
-        .await?;
-        servers.push(QuicServer::bind(
-            addrs[i],
-            &identity,
-            ca.cert_pem(),
-            node.handler(),
-        )?);
-        nodes.push(Arc::new(node));
-    }
-    nodes[0].initialize(members).await?;
-    let mut w = nodes[0].watch();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while w.borrow().leader.is_none() {
-        anyhow::ensure!(Instant::now() < deadline, "no leader within 10 s");
-        let _ = tokio::time::timeout(Duration::from_millis(200), w.changed()).await;
-    }
-    Ok((nodes, servers))
 }
 
 /// Runs `tasks` proposers for `seconds`, proposer `k` sending `make(k, i)` for
@@ -138,13 +80,8 @@ async fn main() -> anyhow::Result<()> {
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;
-    let (nodes, servers) = start_cluster(&dirs).await?;
-    let leader_id = nodes[0].watch().borrow().leader.unwrap_or(1);
-    let leader = nodes
-        .iter()
-        .find(|n| n.id() == leader_id)
-        .cloned()
-        .unwrap_or_else(|| nodes[0].clone());
+    let cluster = start_cluster(&dirs, Config::default()).await?;
+    let leader = cluster.leader();
 
     // 1. Sequential: one proposal at a time, each waits for its commit and apply.
     let mut lat = Vec::new();
@@ -180,14 +117,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("bindings_per_s batch=128 concurrent=8 bindings={bindings:.0}");
 
-    for s in servers {
-        s.shutdown().await;
-    }
     drop(leader);
-    for n in nodes {
-        if let Ok(m) = Arc::try_unwrap(n) {
-            let _ = m.shutdown().await;
-        }
-    }
+    cluster.shutdown().await;
     Ok(())
 }
