@@ -5,6 +5,8 @@
 //! Everything here is independent of the SIP side: the B2BUA (`node::calls`) asks a
 //! [`udp::Relay`] for sessions and rewrites SDP with [`sdp`].
 
+pub mod codec;
+pub mod dtmf;
 pub mod rtcp;
 pub mod rtp;
 pub mod stats;
