@@ -9,4 +9,5 @@ pub mod codec;
 pub mod dtmf;
 pub mod rtcp;
 pub mod rtp;
+pub mod sdp;
 pub mod stats;
