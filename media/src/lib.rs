@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod ports;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
