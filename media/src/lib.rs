@@ -11,4 +11,5 @@ pub mod ports;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod session;
 pub mod stats;
