@@ -13,3 +13,4 @@ pub mod rtp;
 pub mod sdp;
 pub mod session;
 pub mod stats;
+pub mod udp;
