@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The media plane: RTP/RTCP packet views and statistics, G.711 and RFC 4733 DTMF,
 //! SDP rewriting toward the relay, RTP/RTCP port allocation, the sans-I/O relay
 //! session, and the batched-UDP relay backend.

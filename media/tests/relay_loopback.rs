@@ -225,3 +225,30 @@ fn a_port_held_by_another_process_is_skipped() {
     // The skipped pair went back to the pool.
     assert_eq!(relay.ports_available(), 3);
 }
+
+#[test]
+fn sessions_spread_over_two_threads_all_forward() {
+    let relay = Relay::start(RelayConfig {
+        threads: 2,
+        ..config(23260, 23299)
+    })
+    .unwrap();
+    let mut buf = [0u8; 256];
+    let mut ids = Vec::new();
+    for k in 0..4u32 {
+        let (a, b) = (phone(), phone());
+        let peer = |s: &UdpSocket| PeerMedia {
+            rtp: Some(s.local_addr().unwrap()),
+            ..PeerMedia::unknown()
+        };
+        let s = relay.create_session(peer(&a), peer(&b)).unwrap();
+        a.send_to(&rtp(1, k), SocketAddr::new(s.addr, s.a.rtp))
+            .unwrap();
+        let (n, _) = b.recv_from(&mut buf).unwrap();
+        assert_eq!(RtpPacket::parse(&buf[..n]).unwrap().ssrc(), k);
+        ids.push(s.id);
+    }
+    for id in ids {
+        assert_eq!(relay.destroy(id).unwrap().a.forwarded_packets, 1);
+    }
+}

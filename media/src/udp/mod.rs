@@ -211,8 +211,22 @@ impl Relay {
         let (events_tx, events_rx) = sync_channel(config.event_queue.max(1));
         let scan_every =
             (config.rtp_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut workers = Vec::new();
-        for i in 0..config.threads.max(1) {
+        let threads = config.threads.max(1);
+        // Built first: if a later thread fails to start, dropping it stops the others.
+        let mut handle = RelayHandle {
+            control: Mutex::new(Control {
+                ports,
+                sessions: HashMap::new(),
+                next_id: 1,
+                next_worker: 0,
+            }),
+            workers: Vec::with_capacity(threads),
+            events: Mutex::new(events_rx),
+            stop: stop.clone(),
+            counters: counters.clone(),
+            config,
+        };
+        for i in 0..threads {
             // SAFETY: plain syscalls; results checked before use.
             let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
             if epfd < 0 {
@@ -227,7 +241,7 @@ impl Relay {
             }
             // SAFETY: a fresh descriptor nothing else owns.
             let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
-            let (tx, rx) = sync_channel(config.command_queue.max(1));
+            let (tx, rx) = sync_channel(handle.config.command_queue.max(1));
             let parts = WorkerParts {
                 epoll,
                 wake: wake.clone(),
@@ -240,25 +254,13 @@ impl Relay {
             let thread = std::thread::Builder::new()
                 .name(format!("media-fwd-{i}"))
                 .spawn(move || worker::run(parts))?;
-            workers.push(WorkerHandle {
+            handle.workers.push(WorkerHandle {
                 commands: tx,
                 wake,
                 thread: Some(thread),
             });
         }
-        Ok(RelayHandle {
-            control: Mutex::new(Control {
-                ports,
-                sessions: HashMap::new(),
-                next_id: 1,
-                next_worker: 0,
-            }),
-            workers,
-            events: Mutex::new(events_rx),
-            stop,
-            counters,
-            config,
-        })
+        Ok(handle)
     }
 }
 
