@@ -462,3 +462,42 @@ impl Drop for RelayHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handle_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<RelayHandle>();
+        let relay = Arc::new(
+            Relay::start(RelayConfig {
+                bind: "127.0.0.1".parse().unwrap(),
+                ports: PortRange {
+                    min: 23300,
+                    max: 23339,
+                },
+                threads: 2,
+                ..RelayConfig::default()
+            })
+            .unwrap(),
+        );
+        let joins: Vec<_> = (0..4)
+            .map(|_| {
+                let r = relay.clone();
+                std::thread::spawn(move || {
+                    let s = r
+                        .create_session(PeerMedia::unknown(), PeerMedia::unknown())
+                        .unwrap();
+                    r.destroy(s.id).unwrap();
+                })
+            })
+            .collect();
+        for j in joins {
+            j.join().unwrap();
+        }
+        assert_eq!(relay.ports_available(), 20); // 23300-23339
+        assert_eq!(relay.counters().sessions, 0);
+    }
+}
