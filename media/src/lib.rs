@@ -1,1 +1,17 @@
-//! RTP/RTCP relay plane with batched-UDP and DPDK backends; filled by the media issue.
+#![warn(missing_docs)]
+//! The media plane: RTP/RTCP packet views and statistics, G.711 and RFC 4733 DTMF,
+//! SDP rewriting toward the relay, RTP/RTCP port allocation, the sans-I/O relay
+//! session, and the batched-UDP relay backend.
+//!
+//! Everything here is independent of the SIP side: the B2BUA (`node::calls`) asks a
+//! [`udp::Relay`] for sessions and rewrites SDP with [`sdp`].
+
+pub mod codec;
+pub mod dtmf;
+pub mod ports;
+pub mod rtcp;
+pub mod rtp;
+pub mod sdp;
+pub mod session;
+pub mod stats;
+pub mod udp;

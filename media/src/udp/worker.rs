@@ -1,0 +1,318 @@
+//! A forwarding thread: an epoll loop over the sockets of its sessions. Sessions
+//! arrive and leave through a bounded command channel drained between batches, so
+//! the forwarding path takes no lock and allocates nothing per packet.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::batch::{RecvBufs, SendQueue};
+use super::{RelayEvent, SessionId};
+use crate::session::{Channel, Decision, PeerMedia, Session, SessionStats, Side};
+
+/// epoll token of the wake-up eventfd.
+const WAKE: u64 = u64::MAX;
+/// Batches read from one socket before turning to the others (fairness).
+const ROUNDS_PER_WAKE: usize = 8;
+/// epoll events handled per wait.
+const EPOLL_EVENTS: usize = 64;
+
+/// Work for a forwarding thread.
+pub enum Command {
+    /// Start relaying a session on its four sockets (A RTP, A RTCP, B RTP, B RTCP).
+    Add {
+        /// Session id.
+        id: SessionId,
+        /// Its state.
+        session: Box<Session>,
+        /// Its sockets.
+        sockets: [UdpSocket; 4],
+    },
+    /// Apply a new SDP from one side.
+    Update {
+        /// Session id.
+        id: SessionId,
+        /// Side whose SDP changed.
+        side: Side,
+        /// The new peer description.
+        peer: PeerMedia,
+    },
+    /// Report a session's counters.
+    Stats {
+        /// Session id.
+        id: SessionId,
+        /// Where to answer.
+        reply: SyncSender<Option<SessionStats>>,
+    },
+    /// Stop relaying a session, close its sockets and report its final counters.
+    Remove {
+        /// Session id.
+        id: SessionId,
+        /// Where to answer.
+        reply: SyncSender<Option<SessionStats>>,
+    },
+}
+
+/// Relay-wide counters, shared by the threads (relaxed atomics, added per batch).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub forwarded: AtomicU64,
+    pub dropped: AtomicU64,
+    pub send_failed: AtomicU64,
+    pub truncated: AtomicU64,
+    pub events_lost: AtomicU64,
+    pub register_failed: AtomicU64,
+}
+
+struct Slot {
+    id: SessionId,
+    session: Session,
+    sockets: [UdpSocket; 4],
+}
+
+fn socket_index(side: Side, channel: Channel) -> usize {
+    let s = match side {
+        Side::A => 0,
+        Side::B => 2,
+    };
+    s + match channel {
+        Channel::Rtp => 0,
+        Channel::Rtcp => 1,
+    }
+}
+
+fn side_channel(k: usize) -> (Side, Channel) {
+    let side = if k < 2 { Side::A } else { Side::B };
+    let channel = if k & 1 == 0 {
+        Channel::Rtp
+    } else {
+        Channel::Rtcp
+    };
+    (side, channel)
+}
+
+fn epoll_add(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: both descriptors are open; ev is a valid epoll_event.
+    if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What a thread needs, all of it `Send`; the buffers are made on the thread.
+pub struct WorkerParts {
+    pub epoll: OwnedFd,
+    pub wake: Arc<OwnedFd>,
+    pub commands: Receiver<Command>,
+    pub events: SyncSender<RelayEvent>,
+    pub stop: Arc<AtomicBool>,
+    pub counters: Arc<Counters>,
+    pub scan_every: Duration,
+}
+
+/// Runs the forwarding loop until `stop` is set.
+pub fn run(parts: WorkerParts) {
+    let mut w = Worker {
+        recv: RecvBufs::new(),
+        out: [SendQueue::new(), SendQueue::new()],
+        slots: Vec::new(),
+        free: Vec::new(),
+        index: HashMap::new(),
+        next_scan: Instant::now() + parts.scan_every,
+        p: parts,
+    };
+    if epoll_add(w.p.epoll.as_raw_fd(), w.p.wake.as_raw_fd(), WAKE).is_err() {
+        return;
+    }
+    // SAFETY: epoll_event is plain data.
+    let mut events: [libc::epoll_event; EPOLL_EVENTS] = unsafe { std::mem::zeroed() };
+    while !w.p.stop.load(Ordering::Relaxed) {
+        let wait = w
+            .next_scan
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(1000) as libc::c_int;
+        // SAFETY: `events` has room for EPOLL_EVENTS entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                w.p.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EPOLL_EVENTS as libc::c_int,
+                wait,
+            )
+        };
+        // Commands first: an update sent before a packet arrived applies to it.
+        w.drain_commands();
+        for ev in events.iter().take(n.max(0) as usize) {
+            let token = ev.u64;
+            if token == WAKE {
+                let mut buf = [0u8; 8];
+                // SAFETY: reading 8 bytes from the eventfd into an 8-byte buffer.
+                unsafe {
+                    libc::read(
+                        w.p.wake.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        8,
+                    )
+                };
+                continue;
+            }
+            w.forward((token >> 2) as usize, (token & 3) as usize);
+        }
+        let now = Instant::now();
+        if now >= w.next_scan {
+            w.scan(now);
+            w.next_scan = now + w.p.scan_every;
+        }
+    }
+}
+
+struct Worker {
+    p: WorkerParts,
+    recv: Box<RecvBufs>,
+    out: [Box<SendQueue>; 2],
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    index: HashMap<SessionId, usize>,
+    next_scan: Instant,
+}
+
+impl Worker {
+    fn drain_commands(&mut self) {
+        while let Ok(cmd) = self.p.commands.try_recv() {
+            match cmd {
+                Command::Add {
+                    id,
+                    session,
+                    sockets,
+                } => self.add(id, *session, sockets),
+                Command::Update { id, side, peer } => {
+                    if let Some(s) = self.slot_mut(id) {
+                        s.session.update(side, peer, Instant::now());
+                    }
+                }
+                Command::Stats { id, reply } => {
+                    let stats = self.slot_mut(id).map(|s| s.session.stats());
+                    let _ = reply.try_send(stats);
+                }
+                Command::Remove { id, reply } => {
+                    let stats = self.index.remove(&id).and_then(|i| {
+                        self.free.push(i);
+                        // Dropping the slot closes its sockets, which leaves epoll.
+                        self.slots[i].take().map(|s| s.session.stats())
+                    });
+                    let _ = reply.try_send(stats);
+                }
+            }
+        }
+    }
+
+    fn slot_mut(&mut self, id: SessionId) -> Option<&mut Slot> {
+        let i = *self.index.get(&id)?;
+        self.slots.get_mut(i)?.as_mut()
+    }
+
+    fn add(&mut self, id: SessionId, session: Session, sockets: [UdpSocket; 4]) {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let epfd = self.p.epoll.as_raw_fd();
+        for (k, s) in sockets.iter().enumerate() {
+            if epoll_add(epfd, s.as_raw_fd(), ((i as u64) << 2) | k as u64).is_err() {
+                // Not pollable: the session stays silent and will time out.
+                self.p
+                    .counters
+                    .register_failed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.slots[i] = Some(Slot {
+            id,
+            session,
+            sockets,
+        });
+        self.index.insert(id, i);
+    }
+
+    /// Reads and forwards what socket `k` of slot `i` has queued.
+    fn forward(&mut self, i: usize, k: usize) {
+        let Some(Some(slot)) = self.slots.get_mut(i) else {
+            return;
+        };
+        let (side, channel) = side_channel(k);
+        let fd = slot.sockets[k].as_raw_fd();
+        let out_fds = [
+            slot.sockets[socket_index(side.other(), Channel::Rtp)].as_raw_fd(),
+            slot.sockets[socket_index(side.other(), Channel::Rtcp)].as_raw_fd(),
+        ];
+        let (mut forwarded, mut dropped, mut failed, mut truncated) = (0u64, 0u64, 0u64, 0u64);
+        for _ in 0..ROUNDS_PER_WAKE {
+            let n = match self.recv.recv(fd) {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
+            let now = Instant::now();
+            for d in 0..n {
+                let Some((data, from)) = self.recv.get(d) else {
+                    truncated += u64::from(self.recv.is_truncated(d));
+                    dropped += 1;
+                    continue;
+                };
+                match slot.session.on_packet(side, channel, from, data, now) {
+                    Decision::Forward { to, via } => {
+                        let q = match via {
+                            Channel::Rtp => 0,
+                            Channel::Rtcp => 1,
+                        };
+                        self.out[q].push(d, &to);
+                    }
+                    Decision::Drop(_) => dropped += 1,
+                }
+            }
+            for (q, out_fd) in self.out.iter_mut().zip(out_fds) {
+                let sent = q.flush(out_fd, &self.recv);
+                forwarded += sent.ok as u64;
+                failed += sent.failed as u64;
+            }
+            if n < super::batch::RECV_BATCH {
+                break;
+            }
+        }
+        let c = &self.p.counters;
+        c.forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        c.dropped.fetch_add(dropped, Ordering::Relaxed);
+        c.send_failed.fetch_add(failed, Ordering::Relaxed);
+        c.truncated.fetch_add(truncated, Ordering::Relaxed);
+    }
+
+    /// Reports due session events.
+    fn scan(&mut self, now: Instant) {
+        for slot in self.slots.iter_mut().flatten() {
+            while let Some(event) = slot.session.poll_event(now) {
+                let ev = RelayEvent {
+                    session: slot.id,
+                    event,
+                };
+                match self.p.events.try_send(ev) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                        self.p.counters.events_lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
