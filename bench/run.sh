@@ -145,6 +145,12 @@ algorithms = ["MD5"]
 [calls]
 ring_timeout_secs = 30
 
+[media]
+# Every call's media is anchored on the relay (two RTP/RTCP pairs per call): a range
+# wide enough for the calls the ladder keeps up at once.
+port_min = 10000
+port_max = 60000
+
 [admin]
 listen = "127.0.0.1:$admin"
 

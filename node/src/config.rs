@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub admin: AdminSection,
     /// `[cluster]`: Raft replication between nodes.
     pub cluster: ClusterSection,
+    /// `[media]`: the RTP relay calls' media is anchored on.
+    pub media: MediaSection,
     /// `[log]`: logging.
     pub log: LogSection,
 }
@@ -190,6 +192,39 @@ pub struct PbxSection {
     pub seed: Option<PathBuf>,
 }
 
+/// `[media]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    /// Relay every call's RTP through this node (default true). False: SDP passes
+    /// unchanged and media flows between the phones directly.
+    pub enabled: bool,
+    /// Address the relay's sockets bind to (default `0.0.0.0`: every address; the SDP
+    /// names the address each phone reaches this node at).
+    pub listen: std::net::IpAddr,
+    /// Lowest RTP port (default 10000).
+    pub port_min: u16,
+    /// Highest port (default 20000); each call takes two RTP/RTCP pairs.
+    pub port_max: u16,
+    /// A side that sends no RTP this long ends the call (default 60 s).
+    pub rtp_timeout_secs: u64,
+    /// Forwarding threads (default 1).
+    pub threads: usize,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            enabled: true,
+            listen: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            port_min: 10_000,
+            port_max: 20_000,
+            rtp_timeout_secs: 60,
+            threads: 1,
+        }
+    }
+}
+
 /// `[admin]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -304,6 +339,19 @@ impl NodeConfig {
                 reason: reason.to_string(),
             })
         };
+        let m = &self.media;
+        if m.port_max < m.port_min.saturating_add(3) {
+            return bad(
+                "media.port_max",
+                "must leave room above media.port_min for at least two RTP/RTCP pairs",
+            );
+        }
+        if m.rtp_timeout_secs == 0 {
+            return bad("media.rtp_timeout_secs", "must be positive");
+        }
+        if m.threads == 0 || m.threads > 64 {
+            return bad("media.threads", "must be 1..=64");
+        }
         let c = &self.cluster;
         if c.heartbeat_ms == 0 {
             return bad("cluster.heartbeat_ms", "must be positive");

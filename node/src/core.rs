@@ -121,7 +121,23 @@ impl Local {
         if let Some(h) = &self.advertised {
             return h.clone();
         }
-        let ip = match self.bound_ip(peer.transport, peer.addr.is_ipv6()) {
+        let ip = self.source_ip(peer);
+        crate::sip::message::format_host(&ip.to_string())
+    }
+
+    /// The address `peer` sends media to on this node: the advertised host when it is
+    /// an IP address (SDP needs one), else the address `peer` reaches us at.
+    pub fn media_ip(&mut self, peer: Peer) -> IpAddr {
+        let advertised = self
+            .advertised
+            .as_deref()
+            .and_then(|h| h.trim_matches(['[', ']']).parse().ok());
+        advertised.unwrap_or_else(|| self.source_ip(peer))
+    }
+
+    /// The listening IP `peer` reaches, or the one the kernel sends from toward it.
+    fn source_ip(&mut self, peer: Peer) -> IpAddr {
+        match self.bound_ip(peer.transport, peer.addr.is_ipv6()) {
             Some(ip) => ip,
             None => {
                 let remote = peer.addr.ip();
@@ -130,8 +146,7 @@ impl Local {
                     .entry(remote)
                     .or_insert_with(|| route_source(peer.addr).unwrap_or(remote))
             }
-        };
-        crate::sip::message::format_host(&ip.to_string())
+        }
     }
 
     fn port_for(&self, peer: Peer) -> u16 {
@@ -345,6 +360,8 @@ pub struct Feeds {
     pub written: Option<mpsc::UnboundedReceiver<Completion>>,
     /// Applied binding and extension changes, in log order, and snapshot installs.
     pub applied: Option<mpsc::UnboundedReceiver<crate::cluster::Applied>>,
+    /// Events of the media relay's sessions (RTP timeouts).
+    pub media: Option<mpsc::Receiver<media::udp::RelayEvent>>,
 }
 
 /// A REGISTER answer held until its binding is written: the transaction, the 200, and
@@ -465,6 +482,18 @@ impl Core {
             .is_none_or(|s| s.borrow().holds_lease())
     }
 
+    /// Anchors the media of every new call on `relay`.
+    pub fn anchor_media(&mut self, relay: std::sync::Arc<media::udp::RelayHandle>) {
+        self.calls.anchor_media(relay);
+    }
+
+    /// An event of a call's relay session (an RTP timeout ends the call).
+    pub fn on_media_event(&mut self, event: media::udp::RelayEvent, now: Instant) {
+        let mut ctx = ctx!(self, now);
+        self.calls.on_media_event(&mut ctx, event);
+        self.commit(now);
+    }
+
     /// What the replicated state reports: one change, or a whole new state.
     pub fn on_replicated(&mut self, change: crate::cluster::Applied) {
         match change {
@@ -520,6 +549,7 @@ impl Core {
         let Feeds {
             mut written,
             mut applied,
+            mut media,
         } = feeds;
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
@@ -604,6 +634,12 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            let media_event = async {
+                match media.as_mut() {
+                    Some(m) => m.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => chunk.push(m),
@@ -612,6 +648,10 @@ impl Core {
                 c = change => match c {
                     Some(change) => self.on_replicated(change),
                     None => applied = None,
+                },
+                e = media_event => match e {
+                    Some(event) => self.on_media_event(event, Instant::now()),
+                    None => media = None,
                 },
                 c = completion => match c {
                     Some((id, result)) => self.on_written(id, result, Instant::now()),

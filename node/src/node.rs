@@ -11,6 +11,8 @@ use crate::sip::transport::{TransportConfig, Transports};
 use crate::store::{self, Command, Expect, Store};
 use anyhow::Context;
 use consensus::join::{init_cluster, open_member, JoinError, QuicConsensus, RunningNode};
+use media::ports::PortRange;
+use media::udp::{Relay, RelayConfig, RelayEvent, RelayHandle};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,6 +234,54 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the media relay (with `[media] enabled`) and a thread handing its session
+/// events to the SIP core.
+fn start_relay(
+    cfg: &NodeConfig,
+) -> anyhow::Result<Option<(Arc<RelayHandle>, mpsc::Receiver<RelayEvent>)>> {
+    let m = &cfg.media;
+    if !m.enabled {
+        return Ok(None);
+    }
+    let pairs = (usize::from(m.port_max) - usize::from(m.port_min)).div_ceil(2);
+    let relay = Relay::start(RelayConfig {
+        bind: m.listen,
+        ports: PortRange {
+            min: m.port_min,
+            max: m.port_max,
+        },
+        threads: m.threads,
+        rtp_timeout: Duration::from_secs(m.rtp_timeout_secs),
+        // Each call takes two pairs, one per side.
+        max_sessions: (pairs / 2).max(1),
+        // Without SO_REUSEPORT a port another process (another node on the same host)
+        // holds is skipped, instead of that process getting half of the traffic.
+        reuse_port: false,
+        ..RelayConfig::default()
+    })
+    .context("cannot start the media relay")?;
+    let relay = Arc::new(relay);
+    tracing::info!(
+        listen = %m.listen,
+        ports = format!("{}-{}", m.port_min, m.port_max),
+        "media relay started"
+    );
+    // The relay's event queue blocks; the core must not, so a thread carries events over.
+    let (tx, rx) = mpsc::channel(1024);
+    let events = relay.clone();
+    std::thread::Builder::new()
+        .name("media-events".into())
+        .spawn(move || loop {
+            match events.next_event(Duration::from_millis(500)) {
+                Some(e) if tx.blocking_send(e).is_err() => return,
+                None if tx.is_closed() => return,
+                _ => {}
+            }
+        })
+        .context("cannot start the media event thread")?;
+    Ok(Some((relay, rx)))
+}
+
 /// Runs a node until the process is told to stop.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // Applied changes flow to the core from the moment the member starts: nothing
@@ -267,9 +317,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let udp = transports.udp_ingress();
     let state = backing.initial_state()?;
     let (persist, written) = backing.persist();
+    let (relay, media_events) = match start_relay(&cfg)? {
+        Some((relay, events)) => (Some(relay), Some(events)),
+        None => (None, None),
+    };
     let feeds = Feeds {
         written,
         applied: Some(applied_rx),
+        media: media_events,
     };
     let mut core = Core::new(
         &cfg,
@@ -281,6 +336,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     );
     if let Backing::Cluster { member, .. } = &backing {
         core.follow_cluster(member.watch());
+    }
+    if let Some(relay) = relay {
+        core.anchor_media(relay);
     }
     if cfg.admin.enabled {
         let state = Arc::new(crate::admin::AdminState {

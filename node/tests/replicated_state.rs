@@ -37,6 +37,7 @@ fn cdr(id: &str) -> Cdr {
         hangup_cause: "no_answer".into(),
         sip_status: 480,
         hangup_by: None,
+        media: None,
     }
 }
 

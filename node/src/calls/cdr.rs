@@ -51,6 +51,54 @@ pub struct Cdr {
     /// Which side ended an answered call: `caller`, `callee` or `system`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hangup_by: Option<String>,
+    /// What the media relay counted, for a call whose media it carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Box<CallMedia>>,
+}
+
+/// The relay's counters of an anchored call, per sending side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallMedia {
+    /// What the caller sent.
+    pub caller: MediaCounters,
+    /// What the callee sent.
+    pub callee: MediaCounters,
+}
+
+/// What one side sent through the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaCounters {
+    /// RTP packets received from the side.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Packets missing by the sequence numbers.
+    pub lost: u64,
+    /// Interarrival jitter (RFC 3550), microseconds.
+    pub jitter_us: u32,
+    /// Cumulative loss the side itself reported in RTCP, if it sent any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtcp_reported_lost: Option<i32>,
+    /// Packets dropped because they came from another source than the latched one.
+    pub dropped_wrong_source: u64,
+    /// RFC 4733 digits the side sent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dtmf: String,
+}
+
+impl MediaCounters {
+    /// The counters of one side of a finished relay session.
+    pub fn of(side: &media::session::SideStats) -> MediaCounters {
+        MediaCounters {
+            packets: side.rx.packets,
+            bytes: side.rx.bytes,
+            lost: side.rx.lost,
+            jitter_us: side.rx.jitter_us,
+            rtcp_reported_lost: side.rx.reported.map(|r| r.cumulative_lost),
+            dropped_wrong_source: side.dropped_wrong_source,
+            dtmf: side.dtmf_digits.clone(),
+        }
+    }
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds.
@@ -97,6 +145,7 @@ mod tests {
             hangup_cause: "no_answer".into(),
             sip_status: 480,
             hangup_by: None,
+            media: None,
         };
         let j = serde_json::to_string(&c).unwrap();
         assert!(j.contains("\"disposition\":\"NO ANSWER\""), "{j}");

@@ -6,6 +6,7 @@
 //! each other's identifiers; SDP passes through unchanged (the media issue anchors it).
 
 pub mod cdr;
+pub mod media;
 pub mod record;
 
 use crate::core::SipCtx;
@@ -17,11 +18,13 @@ use crate::sip::transaction::TxKey;
 use crate::sip::Peer;
 use crate::store::Command;
 use crate::FastMap;
+use ::media::udp::{RelayEvent, RelayHandle, SessionPorts};
 use bytes::Bytes;
-use cdr::{classify_failure, rfc3339, secs_between, Cdr, Disposition};
+use cdr::{classify_failure, rfc3339, secs_between, CallMedia, Cdr, Disposition, MediaCounters};
 use record::{CallRecord, Leg, Legs};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Call policy.
@@ -123,6 +126,8 @@ struct Call {
     /// Client transactions still open for this call.
     open_tx: usize,
     a_tx_open: bool,
+    /// The relay session carrying the call's media, when media is anchored.
+    media: Option<SessionPorts>,
 }
 
 impl Call {
@@ -181,6 +186,7 @@ impl Call {
             start: rfc3339(self.start),
             answer: self.answer.map(rfc3339),
             legs,
+            media: self.media.as_ref().map(media::MediaRecord::of),
         }
     }
 
@@ -206,6 +212,10 @@ pub struct Calls {
     ring_timers: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Calls not yet ended (ended ones linger until their transactions finish).
     live: usize,
+    /// The media relay every call's RTP goes through; `None`: SDP passes unchanged.
+    relay: Option<Arc<RelayHandle>>,
+    /// Relay session → call.
+    by_session: FastMap<u64, u64>,
 }
 
 /// Headers copied onto a relayed in-dialog request.
@@ -229,7 +239,14 @@ impl Calls {
             clients: FastMap::default(),
             ring_timers: BinaryHeap::new(),
             live: 0,
+            relay: None,
+            by_session: FastMap::default(),
         }
+    }
+
+    /// Anchors the media of every new call on `relay`.
+    pub fn anchor_media(&mut self, relay: Arc<RelayHandle>) {
+        self.relay = Some(relay);
     }
 
     /// Calls in progress (not counting ended ones finishing their transactions).
@@ -284,6 +301,7 @@ impl Calls {
                 hangup_cause: cause.unwrap_or(default_cause).to_string(),
                 sip_status: code,
                 hangup_by: None,
+                media: None,
             }));
         };
         if self.live >= self.cfg.max_calls {
@@ -310,6 +328,19 @@ impl Calls {
                 Some("subscriber_absent"),
             );
         }
+        let session = match self.relay.as_deref().map(|r| media::open(r, &invite)) {
+            None => None,
+            Some(Ok(ports)) => Some(ports),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "no media relay session for a new call");
+                return fail(
+                    ctx,
+                    503,
+                    "Service Unavailable",
+                    Some("resource_unavailable"),
+                );
+            }
+        };
         ctx.metrics.inc(&ctx.metrics.calls_attempted);
 
         let id = self.next_id;
@@ -321,7 +352,6 @@ impl Calls {
             .map(|e| e.name.clone())
             .filter(|n| !n.is_empty());
         let max_forwards = invite.max_forwards().unwrap_or(70).saturating_sub(1);
-        let content_type = invite.headers.get("Content-Type").map(str::to_string);
         let mut forks = Vec::with_capacity(contacts.len());
         for b in &contacts {
             let peer = b.source;
@@ -345,7 +375,15 @@ impl Calls {
             req.headers
                 .push("Contact", ctx.local.contact(&caller, peer));
             req.headers.push("Allow", crate::core::ALLOW);
-            req.set_body(content_type.as_deref(), invite.body.clone());
+            media::carry(
+                self.relay.as_deref(),
+                session.as_ref(),
+                ctx.local,
+                Side::A,
+                &invite,
+                &mut req,
+                peer,
+            );
             let fork_key = ctx.request(req.clone(), peer);
             self.clients
                 .insert(fork_key.clone(), (id, Role::Fork(forks.len())));
@@ -390,7 +428,11 @@ impl Calls {
             reinvite_pending: false,
             open_tx: n,
             a_tx_open: true,
+            media: session,
         });
+        if let Some(s) = &call.media {
+            self.by_session.insert(s.id.0, id);
+        }
         ctx.write(Command::StartCall(Box::new(call.record(self.cfg.node))));
     }
 
@@ -432,7 +474,14 @@ impl Calls {
             101..=199 => {
                 if matches!(call.phase, Phase::Calling | Phase::Ringing) {
                     call.phase = Phase::Ringing;
-                    let r = a_response(ctx, call, code, reason_of(msg), Some(msg));
+                    let r = a_response(
+                        ctx,
+                        self.relay.as_deref(),
+                        call,
+                        code,
+                        reason_of(msg),
+                        Some(msg),
+                    );
                     ctx.respond(&call.a_key.clone(), r);
                 }
             }
@@ -475,7 +524,14 @@ impl Calls {
                 for k in others {
                     ctx.cancel(&k);
                 }
-                let r = a_response(ctx, call, code, reason_of(msg), Some(msg));
+                let r = a_response(
+                    ctx,
+                    self.relay.as_deref(),
+                    call,
+                    code,
+                    reason_of(msg),
+                    Some(msg),
+                );
                 let a_contact = ctx.local.contact(&call.callee, call.a_peer);
                 call.a_dialog = Dialog::uas(&call.a_invite, &r, &a_contact);
                 // The ACK to B waits for A's ACK so an answer carried in it reaches B.
@@ -524,7 +580,7 @@ impl Calls {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let r = a_response(ctx, call, code, reason, None);
+        let r = a_response(ctx, None, call, code, reason, None);
         ctx.respond(&call.a_key.clone(), r);
         let pending: Vec<TxKey> = call
             .forks
@@ -565,6 +621,22 @@ impl Calls {
         call.phase = Phase::Ended;
         self.live = self.live.saturating_sub(1);
         let end = SystemTime::now();
+        let media_counters = match (call.media.take(), self.relay.as_deref()) {
+            (Some(ports), Some(relay)) => {
+                self.by_session.remove(&ports.id.0);
+                match relay.destroy(ports.id) {
+                    Ok(stats) => Some(Box::new(CallMedia {
+                        caller: MediaCounters::of(&stats.a),
+                        callee: MediaCounters::of(&stats.b),
+                    })),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay session not closed cleanly");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         ctx.write(Command::EndCall {
             call_id: call.a_call_id.clone(),
         });
@@ -584,6 +656,7 @@ impl Calls {
                 Side::A => "caller".to_string(),
                 Side::B => "callee".to_string(),
             }),
+            media: media_counters,
         }));
         call.shed();
         self.reap(id);
@@ -663,7 +736,11 @@ impl Calls {
                 r.headers.push("Contact", ctx.local.contact(&user, peer));
             }
         }
-        copy_body(msg, &mut r);
+        if let Some(peer) = call.peer(from_side) {
+            let (session, sender) = (call.media.as_ref(), relay.to_side);
+            let anchor = self.relay.as_deref();
+            media::carry(anchor, session, ctx.local, sender, msg, &mut r, peer);
+        }
         if method == Method::Invite && code >= 200 {
             call.reinvite_pending = false;
             if code < 300 {
@@ -701,7 +778,16 @@ impl Calls {
             return;
         };
         let mut ack = d.ack_for(cseq, &via);
-        copy_body(msg, &mut ack);
+        let anchor = self.relay.as_deref();
+        media::carry(
+            anchor,
+            call.media.as_ref(),
+            ctx.local,
+            side,
+            msg,
+            &mut ack,
+            peer,
+        );
         let bytes = ctx.send_raw(&ack, peer);
         call.owed_ack = None;
         *call.ack_slot(owed_side) = Some(SentAck { cseq, bytes });
@@ -812,7 +898,16 @@ impl Calls {
                         req.headers.push(h, v);
                     }
                 }
-                copy_body(&msg, &mut req);
+                let anchor = self.relay.as_deref();
+                media::carry(
+                    anchor,
+                    call.media.as_ref(),
+                    ctx.local,
+                    side,
+                    &msg,
+                    &mut req,
+                    peer,
+                );
                 if method == Method::Invite {
                     call.reinvite_pending = true;
                 }
@@ -882,6 +977,23 @@ impl Calls {
                 ctx.respond(&server, r);
             }
             Role::Fire => {}
+        }
+    }
+
+    /// An event of a call's relay session: a side that stopped sending RTP ends the
+    /// call (BYE to both sides, the CDR says `media_timeout`).
+    pub fn on_media_event(&mut self, ctx: &mut SipCtx<'_>, event: RelayEvent) {
+        let Some(&id) = self.by_session.get(&event.session.0) else {
+            return;
+        };
+        let answered = self
+            .calls
+            .get(&id)
+            .is_some_and(|c| c.phase == Phase::Answered);
+        tracing::info!(session = %event.session, ?event.event, answered, "RTP timeout: ending the call");
+        if answered {
+            self.hang_up_both(ctx, id);
+            self.finish(ctx, id, Disposition::Answered, "media_timeout", 200, None);
         }
     }
 
@@ -958,6 +1070,7 @@ impl Calls {
 /// body of `relayed` (the callee's response) when given.
 fn a_response(
     ctx: &mut SipCtx<'_>,
+    relay: Option<&RelayHandle>,
     call: &Call,
     code: u16,
     reason: &str,
@@ -971,7 +1084,8 @@ fn a_response(
         r.headers.push("Allow", crate::core::ALLOW);
     }
     if let Some(m) = relayed {
-        copy_body(m, &mut r);
+        let (session, peer) = (call.media.as_ref(), call.a_peer);
+        media::carry(relay, session, ctx.local, Side::B, m, &mut r, peer);
     }
     r
 }
@@ -979,12 +1093,6 @@ fn a_response(
 /// 481 for a request that names a dialog or transaction we do not have.
 fn no_such_dialog(req: &SipMessage) -> SipMessage {
     req.response(481, "Call/Transaction Does Not Exist")
-}
-
-fn copy_body(from: &SipMessage, to: &mut SipMessage) {
-    if !from.body.is_empty() {
-        to.set_body(from.headers.get("Content-Type"), from.body.clone());
-    }
 }
 
 fn reason_of(msg: &SipMessage) -> &str {

@@ -24,6 +24,9 @@ pub struct CallRecord {
     /// Both legs' dialogs, once answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legs: Option<Legs>,
+    /// The relay session carrying its media, when anchored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<super::media::MediaRecord>,
 }
 
 /// The two dialogs of an answered call, from the B2BUA's side.

@@ -436,6 +436,7 @@ mod tests {
             hangup_cause: "unallocated_number".into(),
             sip_status: 404,
             hangup_by: None,
+            media: None,
         }
     }
 
@@ -578,6 +579,7 @@ mod tests {
                 start: "2026-11-23T10:00:00.000Z".into(),
                 answer: answer.map(Into::into),
                 legs: None,
+                media: None,
             })
         };
         s.apply_all(&[

@@ -1,0 +1,426 @@
+//! Media anchored on the node's relay, driven by two phones written here (SIP and RTP
+//! over plain UDP sockets), so the test sees every byte: the SDP each side gets points
+//! at the relay, RTP crosses it with payloads intact, a phone behind NAT (its SDP names
+//! an address nobody can reach) still gets audio once it has sent some, the CDR has the
+//! relay's counters, and a side that stops sending ends the call.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use tests::{free_port, header, scenario, status_code, token, Ext, Node, NodeOpts, Sipp, Value};
+
+const CALLER: &str = "1001";
+const CALLEE: &str = "1002";
+
+/// A phone: its SIP socket and its RTP socket on loopback.
+struct Phone {
+    sip: UdpSocket,
+    rtp: UdpSocket,
+}
+
+impl Phone {
+    fn bind(sip_port: u16) -> Phone {
+        let sip = UdpSocket::bind(("127.0.0.1", sip_port)).expect("SIP socket");
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("RTP socket");
+        for s in [&sip, &rtp] {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+        }
+        Phone { sip, rtp }
+    }
+
+    fn sip_addr(&self) -> SocketAddr {
+        self.sip.local_addr().unwrap()
+    }
+
+    fn rtp_port(&self) -> u16 {
+        self.rtp.local_addr().unwrap().port()
+    }
+
+    fn send(&self, to: SocketAddr, msg: &str) {
+        self.sip.send_to(msg.as_bytes(), to).unwrap();
+    }
+
+    /// The next SIP message that `want` accepts (others are skipped), within `limit`.
+    fn expect(
+        &self,
+        limit: Duration,
+        what: &str,
+        want: impl Fn(&str) -> bool,
+    ) -> (String, SocketAddr) {
+        let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 65_536];
+        while Instant::now() < deadline {
+            if let Ok((n, from)) = self.sip.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if want(&m) {
+                    return (m, from);
+                }
+            }
+        }
+        panic!("no {what} within {limit:?}");
+    }
+}
+
+fn sdp(ip: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+    )
+}
+
+/// The `c=` address and `m=audio` port of an SDP body.
+fn media_of(msg: &str) -> (String, u16) {
+    let body = msg.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let c = body
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let port = body
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    (c, port)
+}
+
+fn with_body(head: String, body: &str) -> String {
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/sdp\r\n".to_string()
+    };
+    format!("{head}{ct}Content-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// A response to `req` copying its Via, From, To (with `tag`), Call-ID and CSeq.
+fn answer(
+    req: &str,
+    code: u16,
+    reason: &str,
+    tag: &str,
+    contact: SocketAddr,
+    body: &str,
+) -> String {
+    let mut head = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in tests::headers(req, &["Via", "v"]) {
+        head.push_str(&format!("Via: {v}\r\n"));
+    }
+    let to = header(req, &["To", "t"]).unwrap_or_default();
+    head.push_str(&format!(
+        "From: {}\r\nTo: {to};tag={tag}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:{CALLEE}@{contact}>\r\n",
+        header(req, &["From", "f"]).unwrap_or_default(),
+        header(req, &["Call-ID", "i"]).unwrap_or_default(),
+        header(req, &["CSeq"]).unwrap_or_default(),
+    ));
+    with_body(head, body)
+}
+
+/// An RTP packet: PCMU, sequence `seq`, payload 160 bytes of `fill`.
+fn rtp(seq: u16, ssrc: u32, fill: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend(std::iter::repeat_n(fill, 160));
+    p
+}
+
+/// Receives up to `n` datagrams on `sock` (bounded by time).
+fn receive(sock: &UdpSocket, n: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < n && Instant::now() < deadline {
+        if let Ok((len, from)) = sock.recv_from(&mut buf) {
+            got.push((buf[..len].to_vec(), from));
+        }
+    }
+    got
+}
+
+struct Call {
+    node: Node,
+    caller: Phone,
+    callee: Phone,
+    invite: String,
+    ok: String,
+    /// The INVITE as the callee got it.
+    b_invite: String,
+    callee_tag: String,
+}
+
+/// Starts a node, registers the callee at a phone socket, and sets up an answered call
+/// whose caller SDP names `caller_ip` (its real RTP socket is on loopback).
+fn answered_call(caller_ip: &str, extra_toml: &str) -> Call {
+    let node = Node::start(NodeOpts {
+        extensions: vec![
+            Ext {
+                trusted_ips: vec!["127.0.0.1".into()],
+                ..Ext::new(CALLER)
+            },
+            Ext::new(CALLEE),
+        ],
+        extra_toml: extra_toml.into(),
+        ..NodeOpts::default()
+    })
+    .expect("node");
+    let callee_port = free_port();
+    let r = Sipp::new("register-callee", scenario("register.xml"))
+        .remote(node.addr)
+        .local_port(callee_port)
+        .args(["-s", CALLEE, "-au", CALLEE, "-ap", "pw1002"])
+        .key("expires", "3600")
+        .run()
+        .unwrap();
+    assert!(r.ok(), "{}", r.describe());
+    let callee = Phone::bind(callee_port);
+    let caller = Phone::bind(0);
+
+    let offer = sdp(caller_ip, caller.rtp_port());
+    let head = format!(
+        "INVITE sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{CALLER}@{node}>;tag={tag}\r\nTo: <sip:{CALLEE}@{node}>\r\n\
+         Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:{CALLER}@{me}>\r\n",
+        node = node.addr,
+        me = caller.sip_addr(),
+        br = token("inv"),
+        tag = token("a"),
+        cid = token("media"),
+    );
+    let invite = with_body(head, &offer);
+    caller.send(node.addr, &invite);
+
+    let (b_invite, from) = callee.expect(Duration::from_secs(5), "INVITE at the callee", |m| {
+        m.starts_with("INVITE ")
+    });
+    let (ip, port) = media_of(&b_invite);
+    assert_eq!(
+        ip, "127.0.0.1",
+        "the callee is offered the relay's address\n{b_invite}"
+    );
+    assert!(
+        (10_000..=20_000).contains(&port) && port != caller.rtp_port(),
+        "the callee is offered a relay port, not the caller's\n{b_invite}"
+    );
+    let callee_tag = token("b");
+    let ok = answer(
+        &b_invite,
+        200,
+        "OK",
+        &callee_tag,
+        callee.sip_addr(),
+        &sdp("127.0.0.1", callee.rtp_port()),
+    );
+    callee.send(from, &ok);
+    let (ok, _) = caller.expect(Duration::from_secs(5), "200 at the caller", |m| {
+        status_code(m) == Some(200)
+    });
+    let (ip, port) = media_of(&ok);
+    assert_eq!(ip, "127.0.0.1", "{ok}");
+    assert!(
+        (10_000..=20_000).contains(&port) && port != callee.rtp_port(),
+        "the caller is answered with a relay port\n{ok}"
+    );
+    let to = header(&ok, &["To", "t"]).unwrap_or_default();
+    let ack = format!(
+        "ACK sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
+         Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        node = node.addr,
+        me = caller.sip_addr(),
+        br = token("ack"),
+        from = header(&invite, &["From"]).unwrap_or_default(),
+        cid = header(&invite, &["Call-ID"]).unwrap_or_default(),
+    );
+    caller.send(node.addr, &ack);
+    callee.expect(Duration::from_secs(5), "ACK at the callee", |m| {
+        m.starts_with("ACK ")
+    });
+    Call {
+        node,
+        caller,
+        callee,
+        invite,
+        ok,
+        b_invite,
+        callee_tag,
+    }
+}
+
+impl Call {
+    /// The relay's RTP address for the caller and for the callee.
+    fn relay_ports(&self) -> (SocketAddr, SocketAddr) {
+        let a = media_of(&self.ok).1;
+        let b = media_of(&self.b_invite).1;
+        (
+            SocketAddr::from(([127, 0, 0, 1], a)),
+            SocketAddr::from(([127, 0, 0, 1], b)),
+        )
+    }
+
+    fn caller_hangs_up(&self) {
+        let to = header(&self.ok, &["To", "t"]).unwrap_or_default();
+        let bye = format!(
+            "BYE sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            node = self.node.addr,
+            me = self.caller.sip_addr(),
+            br = token("bye"),
+            from = header(&self.invite, &["From"]).unwrap_or_default(),
+            cid = header(&self.invite, &["Call-ID"]).unwrap_or_default(),
+        );
+        self.caller.send(self.node.addr, &bye);
+        let (b_bye, from) = self
+            .callee
+            .expect(Duration::from_secs(5), "BYE at the callee", |m| {
+                m.starts_with("BYE ")
+            });
+        let ok = answer(
+            &b_bye,
+            200,
+            "OK",
+            &self.callee_tag,
+            self.callee.sip_addr(),
+            "",
+        );
+        // The To of a BYE from us already has the callee's tag: answer with it as is.
+        let ok = ok.replacen(&format!(";tag={}", self.callee_tag), "", 1);
+        self.callee.send(from, &ok);
+        self.caller
+            .expect(Duration::from_secs(5), "200 to the BYE", |m| {
+                status_code(m) == Some(200) && m.contains("BYE")
+            });
+    }
+
+    fn cdr(&self) -> Value {
+        let cdrs = self
+            .node
+            .wait_cdrs(Duration::from_secs(10), |c| !c.is_empty())
+            .expect("a CDR");
+        cdrs.into_iter().next().expect("one CDR")
+    }
+}
+
+#[test]
+fn rtp_crosses_the_relay_intact_and_the_cdr_counts_it() {
+    let call = answered_call("127.0.0.1", "");
+    let (to_relay_a, to_relay_b) = call.relay_ports();
+    for i in 0..50u16 {
+        call.caller
+            .rtp
+            .send_to(&rtp(i, 0xA, i as u8), to_relay_a)
+            .unwrap();
+        call.callee
+            .rtp
+            .send_to(&rtp(i, 0xB, 0x80 | i as u8), to_relay_b)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let at_callee = receive(&call.callee.rtp, 50);
+    let at_caller = receive(&call.caller.rtp, 50);
+    assert_eq!(
+        at_callee.len(),
+        50,
+        "every caller packet reached the callee"
+    );
+    assert_eq!(
+        at_caller.len(),
+        50,
+        "every callee packet reached the caller"
+    );
+    for (i, (p, from)) in at_callee.iter().enumerate() {
+        assert_eq!(p, &rtp(i as u16, 0xA, i as u8), "payload intact, in order");
+        assert_eq!(
+            *from, to_relay_b,
+            "the callee hears the relay, not the caller"
+        );
+    }
+    for (i, (p, from)) in at_caller.iter().enumerate() {
+        assert_eq!(p, &rtp(i as u16, 0xB, 0x80 | i as u8));
+        assert_eq!(*from, to_relay_a);
+    }
+    // A stranger sending to the caller's relay port is dropped.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(&rtp(99, 0xC, 0), to_relay_a).unwrap();
+    assert!(
+        receive(&call.callee.rtp, 1).is_empty(),
+        "a spoofed packet is not relayed"
+    );
+
+    call.caller_hangs_up();
+    let cdr = call.cdr();
+    let media = &cdr["media"];
+    assert_eq!(media["caller"]["packets"], 50, "{cdr}");
+    assert_eq!(media["callee"]["packets"], 50, "{cdr}");
+    assert_eq!(media["caller"]["bytes"], 50 * 172, "{cdr}");
+    assert_eq!(media["caller"]["lost"], 0, "{cdr}");
+    assert_eq!(media["caller"]["dropped_wrong_source"], 1, "{cdr}");
+    assert_eq!(cdr["disposition"], "ANSWERED");
+}
+
+#[test]
+fn a_phone_behind_nat_gets_audio_once_it_has_sent_some() {
+    // The caller's SDP names a private address nobody here can reach.
+    let call = answered_call("192.0.2.55", "");
+    let (to_relay_a, to_relay_b) = call.relay_ports();
+    // Before the caller has sent anything, the callee's audio goes to that address.
+    call.callee
+        .rtp
+        .send_to(&rtp(0, 0xB, 1), to_relay_b)
+        .unwrap();
+    assert!(receive(&call.caller.rtp, 1).is_empty());
+    // Once the caller has sent from its real address, the relay answers there.
+    call.caller
+        .rtp
+        .send_to(&rtp(0, 0xA, 2), to_relay_a)
+        .unwrap();
+    assert_eq!(receive(&call.callee.rtp, 1).len(), 1);
+    for i in 1..20u16 {
+        call.callee
+            .rtp
+            .send_to(&rtp(i, 0xB, 3), to_relay_b)
+            .unwrap();
+    }
+    let got = receive(&call.caller.rtp, 19);
+    assert_eq!(
+        got.len(),
+        19,
+        "audio reaches the NATed caller after latching"
+    );
+    call.caller_hangs_up();
+}
+
+#[test]
+fn a_side_that_stops_sending_ends_the_call_with_a_media_timeout() {
+    let call = answered_call("127.0.0.1", "[media]\nrtp_timeout_secs = 1\n");
+    let (to_relay_a, _) = call.relay_ports();
+    call.caller
+        .rtp
+        .send_to(&rtp(0, 0xA, 0), to_relay_a)
+        .unwrap();
+    // Nobody sends anything more: both phones get a BYE.
+    let (bye_a, from_a) = call
+        .caller
+        .expect(Duration::from_secs(10), "BYE at the caller", |m| {
+            m.starts_with("BYE ")
+        });
+    let (bye_b, from_b) = call
+        .callee
+        .expect(Duration::from_secs(10), "BYE at the callee", |m| {
+            m.starts_with("BYE ")
+        });
+    for (phone, bye, from) in [
+        (&call.caller, &bye_a, from_a),
+        (&call.callee, &bye_b, from_b),
+    ] {
+        let ok = answer(bye, 200, "OK", "x", phone.sip_addr(), "");
+        phone.send(from, &ok.replacen(";tag=x", "", 1));
+    }
+    let cdr = call.cdr();
+    assert_eq!(cdr["hangup_cause"], "media_timeout", "{cdr}");
+    assert_eq!(cdr["disposition"], "ANSWERED", "{cdr}");
+    assert_eq!(cdr["media"]["caller"]["packets"], 1, "{cdr}");
+}
