@@ -448,7 +448,7 @@ echo "# softswitch ($SOFTSWITCH_BIN) vs kamailio $(kamailio -v 2>/dev/null | awk
 echo "# pass = sipp exit 0, 0 failed calls (UAC and UAS), all calls created on time (gen_s <= $DURATION+1.5), retransmissions <= ${MAX_RETRANS_PCT}% of calls"
 echo "# sut% / sipp% / uac% / uas% = CPU in % of ONE core (kamailio: all its processes); busy% = whole machine (max $(( NPROC * 100 )))"
 [[ -n "$CLUSTER_TOML" ]] && echo "# every softswitch node ran with [cluster] $CLUSTER_TOML"
-echo "# calls: softswitch = B2BUA, caller IP-authenticated (trusted_ips, no 407), callee registered; kamailio = stateful record-routing proxy, no auth, no registrar"
+echo "# calls: softswitch = B2BUA with media anchored on its relay (a relay session per call, SDP rewritten), caller IP-authenticated (trusted_ips, no 407), callee registered; kamailio = stateful record-routing proxy, no auth, no registrar"
 REG3=0; [[ " $TESTS " == *" register3 "* && " $SYSTEMS " == *" softswitch "* ]] && REG3=1
 if [[ " $TESTS " == *" register "* ]] || (( REG3 )); then
     echo "## register_auth (REGISTER/s)$( (( REG3 )) && echo "; cluster3 = three softswitch nodes formed with switchctl, load on the leader, sut% = all three")"
