@@ -13,5 +13,6 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod session;
+pub mod sockaddr;
 pub mod stats;
 pub mod udp;

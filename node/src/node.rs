@@ -345,10 +345,6 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             node_id: cfg.node.id,
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
-            member: match &backing {
-                Backing::Cluster { member, .. } => Some(Arc::downgrade(member)),
-                Backing::Local(_) => None,
-            },
             enroller: match &backing {
                 Backing::Cluster { _enroller, .. } => _enroller.clone(),
                 Backing::Local(_) => None,

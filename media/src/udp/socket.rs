@@ -46,7 +46,7 @@ pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let mut ss: libc::sockaddr_storage =
         // SAFETY: plain data; all-zero is valid.
         unsafe { std::mem::zeroed() };
-    let len = super::batch::write_sockaddr(&addr, &mut ss);
+    let len = crate::sockaddr::write_sockaddr(&addr, &mut ss);
     // SAFETY: ss holds a socket address of `len` bytes matching the socket family.
     let r = unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) };
     if r != 0 {

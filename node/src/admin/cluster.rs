@@ -28,7 +28,7 @@ type Member = Arc<QuicConsensus<ReplicatedState>>;
 /// The node's Raft member, or the reply explaining why there is none.
 // Boxed: a response is large, and the error path is the rare one.
 fn member(state: &AdminState) -> Result<Member, Box<Reply>> {
-    let Some(weak) = &state.member else {
+    let Some(weak) = state.member() else {
         return Err(Box::new(error(
             StatusCode::CONFLICT,
             "this node is not in a cluster (cluster.enabled = false); cluster commands need a cluster member",

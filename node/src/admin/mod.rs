@@ -38,13 +38,21 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// When the node started.
     pub started: Instant,
-    /// The node's Raft member; `None` on a standalone node. Weak, so the admin task
-    /// never keeps Raft from shutting down with the node.
-    pub member: Option<Weak<QuicConsensus<ReplicatedState>>>,
     /// Issues join tokens; `None` if this node's data dir lacks the cluster CA key.
     pub enroller: Option<Arc<Enroller>>,
-    /// The node's state (extensions, calls).
+    /// The node's state (extensions, calls), and its Raft member if it has one.
     pub data: Data,
+}
+
+impl AdminState {
+    /// The node's Raft member; `None` on a standalone node. Weak, so the admin task
+    /// never keeps Raft from shutting down with the node.
+    pub fn member(&self) -> Option<&Weak<QuicConsensus<ReplicatedState>>> {
+        match &self.data {
+            Data::Cluster(member) => Some(member),
+            Data::Local { .. } => None,
+        }
+    }
 }
 
 /// Binds the listener (so a taken port fails the node's start-up) and serves it until
@@ -220,7 +228,6 @@ mod tests {
             node_id: 7,
             metrics,
             started: Instant::now(),
-            member: None,
             enroller: None,
             data: Data::Local {
                 store,
@@ -288,7 +295,6 @@ mod tests {
             node_id: 1,
             metrics: Arc::default(),
             started: Instant::now(),
-            member: None,
             enroller: None,
             data: Data::Local { store, feed },
         });
