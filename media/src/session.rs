@@ -213,18 +213,26 @@ impl SideState {
     }
 
     fn stats(&self) -> SideStats {
-        SideStats {
-            rx: self.rx.snapshot(),
-            forwarded_packets: self.forwarded_packets,
-            forwarded_bytes: self.forwarded_bytes,
-            dropped_not_media: self.dropped_not_media,
-            dropped_wrong_source: self.dropped_wrong_source,
-            dropped_no_destination: self.dropped_no_destination,
-            dtmf_events: self.dtmf.count(),
-            dtmf_digits: self.dtmf.digits().to_owned(),
-            latched_rtp: self.latched_rtp,
-            latched_rtcp: self.latched_rtcp,
+        let mut out = SideStats::default();
+        self.write_stats(&mut out);
+        out
+    }
+
+    /// Writes the counters into `out`, reusing its digit buffer.
+    fn write_stats(&self, out: &mut SideStats) {
+        out.rx = self.rx.snapshot();
+        out.forwarded_packets = self.forwarded_packets;
+        out.forwarded_bytes = self.forwarded_bytes;
+        out.dropped_not_media = self.dropped_not_media;
+        out.dropped_wrong_source = self.dropped_wrong_source;
+        out.dropped_no_destination = self.dropped_no_destination;
+        out.dtmf_events = self.dtmf.count();
+        if out.dtmf_digits != self.dtmf.digits() {
+            out.dtmf_digits.clear();
+            out.dtmf_digits.push_str(self.dtmf.digits());
         }
+        out.latched_rtp = self.latched_rtp;
+        out.latched_rtcp = self.latched_rtcp;
     }
 }
 
@@ -372,6 +380,13 @@ impl Session {
             a: self.sides[0].stats(),
             b: self.sides[1].stats(),
         }
+    }
+
+    /// Writes the counters of both sides into `out` without allocating once its
+    /// digit buffers have grown (the forwarding threads publish them this way).
+    pub fn write_stats(&self, out: &mut SessionStats) {
+        self.sides[0].write_stats(&mut out.a);
+        self.sides[1].write_stats(&mut out.b);
     }
 }
 

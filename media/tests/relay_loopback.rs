@@ -7,7 +7,7 @@ use media::ports::PortRange;
 use media::rtp::{RtpHeader, RtpPacket};
 use media::sdp;
 use media::session::{PeerMedia, SessionEvent, Side};
-use media::udp::{Relay, RelayConfig, RelayError};
+use media::udp::{Relay, RelayConfig, RelayError, RelayHandle};
 
 fn config(min: u16, max: u16) -> RelayConfig {
     RelayConfig {
@@ -46,6 +46,16 @@ fn offer_from(addr: SocketAddr, mux: bool) -> String {
         port = addr.port(),
         mux = if mux { "a=rtcp-mux\r\n" } else { "" }
     )
+}
+
+/// Waits until `want` port pairs are free: closing a session is queued, and its pairs
+/// come back once its forwarding thread has closed the sockets.
+fn wait_ports(relay: &RelayHandle, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.ports_available() < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(relay.ports_available(), want);
 }
 
 fn expect_silence(s: &UdpSocket) {
@@ -123,7 +133,7 @@ fn phones_talk_through_the_relay_and_a_spoofer_is_dropped() {
     assert_eq!(fin.b.dropped_wrong_source, 0);
     let c = relay.counters();
     assert_eq!((c.forwarded, c.dropped, c.sessions), (101, 5, 0));
-    assert_eq!(relay.ports_available(), full);
+    wait_ports(&relay, full);
     assert!(matches!(
         relay.destroy(s.id),
         Err(RelayError::UnknownSession(_))
@@ -188,6 +198,7 @@ fn sessions_are_bounded_by_ports_and_limit() {
         Err(RelayError::PortsExhausted)
     ));
     relay.destroy(s1.id).unwrap();
+    wait_ports(&relay, 2);
     let s3 = relay.create_session(none(), none()).unwrap();
     assert_ne!(s3.id, s1.id);
     assert!(matches!(

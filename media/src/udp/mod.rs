@@ -1,8 +1,14 @@
 //! The batched-UDP relay backend: sessions' sockets are served by dedicated
 //! forwarding threads with `recvmmsg`/`sendmmsg`, sockets bound with `SO_REUSEPORT`,
-//! no allocation per packet and no lock on the forwarding path (sessions are added,
-//! updated and removed through a bounded channel that each thread drains between
+//! no allocation per packet and no lock waited on in the forwarding path (sessions are
+//! added, updated and removed through a channel that each thread drains between
 //! batches).
+//!
+//! None of the calls waits for a forwarding thread, so the SIP core that makes them
+//! is never held up by media: new sessions take sockets a binder thread keeps bound
+//! in advance, a session's counters are read from the cell its thread publishes them
+//! to, and closing a session only queues the close (its ports return to the allocator
+//! once the thread has closed the sockets).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), media::udp::RelayError> {
@@ -20,13 +26,13 @@ mod batch;
 mod socket;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,7 +43,7 @@ use crate::ports::{PortAllocator, PortError, PortPair, PortRange};
 use crate::session::{
     PeerMedia, Session, SessionConfig, SessionEvent, SessionStats, Side, DEFAULT_RTP_TIMEOUT,
 };
-use worker::{Command, Counters, WorkerParts};
+use worker::{Command, Counters, StatsCell, WorkerParts};
 
 /// Identifies a relay session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,8 +79,8 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// Events waiting for the owner; beyond it they are counted as lost.
     pub event_queue: usize,
-    /// Commands waiting per thread; beyond it calls fail with [`RelayError::Busy`].
-    pub command_queue: usize,
+    /// Port pairs kept bound in advance, so that opening a session binds nothing.
+    pub spare_pairs: usize,
     /// Set `SO_REUSEPORT` on media sockets.
     pub reuse_port: bool,
 }
@@ -88,7 +94,7 @@ impl Default for RelayConfig {
             rtp_timeout: DEFAULT_RTP_TIMEOUT,
             max_sessions: 2500,
             event_queue: 4096,
-            command_queue: 1024,
+            spare_pairs: 64,
             reuse_port: true,
         }
     }
@@ -112,9 +118,6 @@ pub enum RelayError {
     /// No such session.
     #[error("unknown media session {0}")]
     UnknownSession(SessionId),
-    /// A forwarding thread's command queue is full.
-    #[error("media relay busy")]
-    Busy,
     /// A forwarding thread did not answer.
     #[error("media forwarding thread not answering")]
     WorkerGone,
@@ -152,24 +155,124 @@ pub struct RelayCounters {
 
 /// How many pairs to try when binding fails on ports held by other processes.
 const BIND_ATTEMPTS: usize = 32;
-/// How long a control call waits for a forwarding thread's answer.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the binder waits before trying again when no pair could be bound.
+const BINDER_RETRY: Duration = Duration::from_millis(100);
+
+/// A pair's RTP and RTCP sockets.
+type UdpPair = [std::net::UdpSocket; 2];
 
 struct Entry {
     worker: usize,
-    a: PortPair,
-    b: PortPair,
+    published: Arc<StatsCell>,
 }
 
 struct Control {
-    ports: PortAllocator,
     sessions: HashMap<SessionId, Entry>,
     next_id: u64,
     next_worker: usize,
 }
 
+/// Pairs bound in advance by the binder thread.
+struct Spares {
+    ready: Mutex<VecDeque<(PortPair, UdpPair)>>,
+    /// Signalled when a pair was taken (or at stop).
+    taken: Condvar,
+    ports: Arc<Mutex<PortAllocator>>,
+    bind: IpAddr,
+    reuse_port: bool,
+    target: usize,
+}
+
+impl Spares {
+    fn ready(&self) -> MutexGuard<'_, VecDeque<(PortPair, UdpPair)>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn allocator(&self) -> MutexGuard<'_, PortAllocator> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Binds a pair from the allocator, skipping pairs another process holds.
+    fn bind_pair(&self) -> Result<(PortPair, UdpPair), RelayError> {
+        let mut busy = Vec::new();
+        let mut result = Err(RelayError::PortsExhausted);
+        for _ in 0..BIND_ATTEMPTS {
+            let Some(pair) = self.allocator().allocate() else {
+                break;
+            };
+            let bind = |port| bind_udp(SocketAddr::new(self.bind, port), self.reuse_port);
+            match (bind(pair.rtp), bind(pair.rtcp)) {
+                (Ok(rtp), Ok(rtcp)) => {
+                    result = Ok((pair, [rtp, rtcp]));
+                    break;
+                }
+                (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::AddrInUse => {
+                    busy.push(pair)
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    busy.push(pair);
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        let mut ports = self.allocator();
+        for p in busy {
+            let _ = ports.release(p.rtp);
+        }
+        result
+    }
+
+    /// A bound pair: a spare if there is one, else bound now.
+    fn take(&self) -> Result<(PortPair, UdpPair), RelayError> {
+        let mut ready = self.ready();
+        let spare = ready.pop_front();
+        self.taken.notify_one();
+        match spare {
+            Some(p) => Ok(p),
+            // Still under the lock, so the binder cannot hold the last free pair.
+            None => self.bind_pair(),
+        }
+    }
+
+    /// Closes the sockets of a pair that was never used and frees its ports.
+    fn give_back(&self, pair: PortPair, sockets: UdpPair) {
+        drop(sockets);
+        let _ = self.allocator().release(pair.rtp);
+    }
+
+    /// The binder thread: keeps `target` pairs bound until `stop`. It binds while
+    /// holding the spares' lock, so a pair is always either free in the allocator or
+    /// ready (sessions wait at most one bind for it).
+    fn run_binder(&self, stop: &AtomicBool) {
+        let mut ready = self.ready();
+        while !stop.load(Ordering::Relaxed) {
+            if ready.len() >= self.target {
+                ready = self.taken.wait(ready).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            match self.bind_pair() {
+                Ok(p) => ready.push_back(p),
+                // Ports run out under load or are held elsewhere: try again later,
+                // meanwhile sessions bind (and report) on their own.
+                Err(_) => {
+                    ready = self
+                        .taken
+                        .wait_timeout(ready, BINDER_RETRY)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                    continue;
+                }
+            }
+            // Let a waiting session in between two binds.
+            drop(ready);
+            ready = self.ready();
+        }
+    }
+}
+
 struct WorkerHandle {
-    commands: SyncSender<Command>,
+    commands: Sender<Command>,
     wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -188,14 +291,11 @@ impl WorkerHandle {
     }
 
     fn send(&self, cmd: Command) -> Result<(), RelayError> {
-        match self.commands.try_send(cmd) {
-            Ok(()) => {
-                self.wake();
-                Ok(())
-            }
-            Err(TrySendError::Full(_)) => Err(RelayError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(RelayError::WorkerGone),
-        }
+        self.commands
+            .send(cmd)
+            .map_err(|_| RelayError::WorkerGone)?;
+        self.wake();
+        Ok(())
     }
 }
 
@@ -203,24 +303,33 @@ impl WorkerHandle {
 pub struct Relay;
 
 impl Relay {
-    /// Starts the forwarding threads.
+    /// Starts the forwarding threads and the binder.
     pub fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
-        let ports = PortAllocator::new(config.ports)?;
+        let ports = Arc::new(Mutex::new(PortAllocator::new(config.ports)?));
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let (events_tx, events_rx) = sync_channel(config.event_queue.max(1));
         let scan_every =
             (config.rtp_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let threads = config.threads.max(1);
+        let spares = Arc::new(Spares {
+            ready: Mutex::new(VecDeque::new()),
+            taken: Condvar::new(),
+            ports: ports.clone(),
+            bind: config.bind,
+            reuse_port: config.reuse_port,
+            target: config.spare_pairs,
+        });
         // Built first: if a later thread fails to start, dropping it stops the others.
         let mut handle = RelayHandle {
             control: Mutex::new(Control {
-                ports,
                 sessions: HashMap::new(),
                 next_id: 1,
                 next_worker: 0,
             }),
             workers: Vec::with_capacity(threads),
+            binder: None,
+            spares: spares.clone(),
             events: Mutex::new(events_rx),
             stop: stop.clone(),
             counters: counters.clone(),
@@ -241,7 +350,7 @@ impl Relay {
             }
             // SAFETY: a fresh descriptor nothing else owns.
             let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
-            let (tx, rx) = sync_channel(handle.config.command_queue.max(1));
+            let (tx, rx) = channel();
             let parts = WorkerParts {
                 epoll,
                 wake: wake.clone(),
@@ -249,6 +358,7 @@ impl Relay {
                 events: events_tx.clone(),
                 stop: stop.clone(),
                 counters: counters.clone(),
+                ports: ports.clone(),
                 scan_every,
             };
             let thread = std::thread::Builder::new()
@@ -260,6 +370,13 @@ impl Relay {
                 thread: Some(thread),
             });
         }
+        if handle.config.spare_pairs > 0 {
+            handle.binder = Some(
+                std::thread::Builder::new()
+                    .name("media-ports".into())
+                    .spawn(move || spares.run_binder(&stop))?,
+            );
+        }
         Ok(handle)
     }
 }
@@ -269,6 +386,8 @@ impl Relay {
 pub struct RelayHandle {
     control: Mutex<Control>,
     workers: Vec<WorkerHandle>,
+    binder: Option<JoinHandle<()>>,
+    spares: Arc<Spares>,
     events: Mutex<Receiver<RelayEvent>>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -281,41 +400,6 @@ impl RelayHandle {
         self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Binds a pair from the allocator, skipping pairs another process holds.
-    fn bind_pair(&self, c: &mut Control) -> Result<(PortPair, UdpPair), RelayError> {
-        let mut busy = Vec::new();
-        let mut result = Err(RelayError::PortsExhausted);
-        for _ in 0..BIND_ATTEMPTS {
-            let Some(pair) = c.ports.allocate() else {
-                break;
-            };
-            let bind = |port| {
-                bind_udp(
-                    SocketAddr::new(self.config.bind, port),
-                    self.config.reuse_port,
-                )
-            };
-            match (bind(pair.rtp), bind(pair.rtcp)) {
-                (Ok(rtp), Ok(rtcp)) => {
-                    result = Ok((pair, [rtp, rtcp]));
-                    break;
-                }
-                (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::AddrInUse => {
-                    busy.push(pair)
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    busy.push(pair);
-                    result = Err(e.into());
-                    break;
-                }
-            }
-        }
-        for p in busy {
-            let _ = c.ports.release(p.rtp);
-        }
-        result
-    }
-
     /// Opens a session: two port pairs (one per side) bound and served by a
     /// forwarding thread. `a` and `b` describe the peers as far as known.
     pub fn create_session(&self, a: PeerMedia, b: PeerMedia) -> Result<SessionPorts, RelayError> {
@@ -323,11 +407,11 @@ impl RelayHandle {
         if c.sessions.len() >= self.config.max_sessions {
             return Err(RelayError::TooManySessions(self.config.max_sessions));
         }
-        let (pa, [a_rtp, a_rtcp]) = self.bind_pair(&mut c)?;
-        let (pb, [b_rtp, b_rtcp]) = match self.bind_pair(&mut c) {
+        let (pa, [a_rtp, a_rtcp]) = self.spares.take()?;
+        let (pb, [b_rtp, b_rtcp]) = match self.spares.take() {
             Ok(x) => x,
             Err(e) => {
-                let _ = c.ports.release(pa.rtp);
+                self.spares.give_back(pa, [a_rtp, a_rtcp]);
                 return Err(e);
             }
         };
@@ -343,22 +427,26 @@ impl RelayHandle {
             b,
             Instant::now(),
         );
+        let published = Arc::new(StatsCell::default());
         let cmd = Command::Add {
             id,
             session: Box::new(session),
             sockets: [a_rtp, a_rtcp, b_rtp, b_rtcp],
+            pairs: [pa, pb],
+            published: published.clone(),
         };
+        // A refused command comes back with its sockets, which then close here.
         if let Err(e) = self.workers[w].send(cmd) {
-            let _ = c.ports.release(pa.rtp);
-            let _ = c.ports.release(pb.rtp);
+            let mut ports = self.spares.allocator();
+            let _ = ports.release(pa.rtp);
+            let _ = ports.release(pb.rtp);
             return Err(e);
         }
         c.sessions.insert(
             id,
             Entry {
                 worker: w,
-                a: pa,
-                b: pb,
+                published,
             },
         );
         Ok(SessionPorts {
@@ -377,49 +465,35 @@ impl RelayHandle {
         self.workers[e.worker].send(Command::Update { id, side, peer })
     }
 
-    fn ask(
-        &self,
-        worker: usize,
-        id: SessionId,
-        make: impl FnOnce(SyncSender<Option<SessionStats>>) -> Command,
-    ) -> Result<SessionStats, RelayError> {
-        let (tx, rx) = sync_channel(1);
-        self.workers[worker].send(make(tx))?;
-        match rx.recv_timeout(REPLY_TIMEOUT) {
-            Ok(Some(s)) => Ok(s),
-            Ok(None) => Err(RelayError::UnknownSession(id)),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                Err(RelayError::WorkerGone)
-            }
-        }
-    }
-
-    /// The session's counters now.
+    /// The session's counters as of its last forwarded batch.
     pub fn stats(&self, id: SessionId) -> Result<SessionStats, RelayError> {
-        let w = {
-            let c = self.control();
-            c.sessions
-                .get(&id)
-                .ok_or(RelayError::UnknownSession(id))?
-                .worker
-        };
-        self.ask(w, id, |reply| Command::Stats { id, reply })
+        let c = self.control();
+        let e = c.sessions.get(&id).ok_or(RelayError::UnknownSession(id))?;
+        let stats = e
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(stats)
     }
 
-    /// Closes the session and returns its final counters; its ports go back to
-    /// the allocator (to be reused after every other free pair).
+    /// Closes the session and returns its final counters (as of its last forwarded
+    /// batch). The close itself is queued: the ports go back to the allocator (to be
+    /// reused after every other free pair) once the forwarding thread has closed the
+    /// sockets.
     pub fn destroy(&self, id: SessionId) -> Result<SessionStats, RelayError> {
-        let e = {
-            let mut c = self.control();
-            c.sessions
-                .remove(&id)
-                .ok_or(RelayError::UnknownSession(id))?
-        };
-        let result = self.ask(e.worker, id, |reply| Command::Remove { id, reply });
-        let mut c = self.control();
-        let _ = c.ports.release(e.a.rtp);
-        let _ = c.ports.release(e.b.rtp);
-        result
+        let e = self
+            .control()
+            .sessions
+            .remove(&id)
+            .ok_or(RelayError::UnknownSession(id))?;
+        let stats = e
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.workers[e.worker].send(Command::Remove { id })?;
+        Ok(stats)
     }
 
     /// The next session event, waiting up to `timeout`.
@@ -441,17 +515,27 @@ impl RelayHandle {
         }
     }
 
-    /// Port pairs free now.
+    /// Port pairs that sessions can take now: free in the allocator or bound spare.
+    /// Closed sessions' pairs count once their forwarding thread has closed them.
     pub fn ports_available(&self) -> usize {
-        self.control().ports.available()
+        // Lock order: spares, then allocator (as the binder does).
+        let ready = self.spares.ready();
+        ready.len() + self.spares.allocator().available()
     }
 }
-
-type UdpPair = [std::net::UdpSocket; 2];
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        {
+            // Under the lock, so the binder cannot miss the wake-up between its
+            // stop check and its wait.
+            let _ready = self.spares.ready();
+            self.spares.taken.notify_all();
+        }
+        if let Some(t) = self.binder.take() {
+            let _ = t.join();
+        }
         for w in &self.workers {
             w.wake();
         }
@@ -466,6 +550,68 @@ impl Drop for RelayHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn loopback_relay(min: u16, max: u16, spare_pairs: usize) -> RelayHandle {
+        Relay::start(RelayConfig {
+            bind: "127.0.0.1".parse().unwrap(),
+            ports: PortRange { min, max },
+            spare_pairs,
+            ..RelayConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn sessions_take_spare_pairs_and_bind_themselves_when_none_are_left() {
+        // 23400-23409: five pairs; two spares wanted, so the binder holds two bound.
+        let relay = loopback_relay(23400, 23409, 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while relay.spares.ready().len() < 2 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(relay.spares.ready().len(), 2);
+        assert_eq!(relay.ports_available(), 5);
+        let s1 = relay
+            .create_session(PeerMedia::unknown(), PeerMedia::unknown())
+            .unwrap();
+        let s2 = relay
+            .create_session(PeerMedia::unknown(), PeerMedia::unknown())
+            .unwrap();
+        let all: std::collections::BTreeSet<u16> = [s1.a.rtp, s1.b.rtp, s2.a.rtp, s2.b.rtp]
+            .into_iter()
+            .collect();
+        assert_eq!(all.len(), 4, "every pair handed out once");
+        // One pair left in all; a third session cannot get two.
+        assert!(matches!(
+            relay.create_session(PeerMedia::unknown(), PeerMedia::unknown()),
+            Err(RelayError::PortsExhausted)
+        ));
+        relay.destroy(s1.id).unwrap();
+        assert!(matches!(
+            relay.destroy(s1.id),
+            Err(RelayError::UnknownSession(_))
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while relay.ports_available() < 3 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(relay.ports_available(), 3);
+        relay
+            .create_session(PeerMedia::unknown(), PeerMedia::unknown())
+            .unwrap();
+    }
+
+    #[test]
+    fn without_spares_a_session_binds_its_own_pairs() {
+        let relay = loopback_relay(23420, 23423, 0);
+        let s = relay
+            .create_session(PeerMedia::unknown(), PeerMedia::unknown())
+            .unwrap();
+        assert_ne!(s.a, s.b);
+        assert_eq!(relay.ports_available(), 0);
+        let stats = relay.destroy(s.id).unwrap();
+        assert_eq!(stats, SessionStats::default());
+    }
 
     #[test]
     fn the_handle_can_be_shared_between_threads() {
@@ -497,7 +643,12 @@ mod tests {
         for j in joins {
             j.join().unwrap();
         }
-        assert_eq!(relay.ports_available(), 20); // 23300-23339
         assert_eq!(relay.counters().sessions, 0);
+        // Closing is queued: the ports come back once the threads closed the sockets.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while relay.ports_available() != 20 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(relay.ports_available(), 20); // 23300-23339
     }
 }

@@ -1,6 +1,8 @@
 //! A forwarding thread: an epoll loop over the sockets of its sessions. Sessions
-//! arrive and leave through a bounded command channel drained between batches, so
-//! the forwarding path takes no lock and allocates nothing per packet.
+//! arrive and leave through a command channel drained between batches, and their
+//! counters go out through a per-session cell the thread only ever `try_lock`s, so
+//! the forwarding path never waits on a lock, never answers a caller and allocates
+//! nothing per packet.
 
 use std::collections::HashMap;
 use std::io;
@@ -8,11 +10,12 @@ use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::batch::{RecvBufs, SendQueue};
 use super::{RelayEvent, SessionId};
+use crate::ports::{PortAllocator, PortPair};
 use crate::session::{Channel, Decision, PeerMedia, Session, SessionStats, Side};
 
 /// epoll token of the wake-up eventfd.
@@ -21,6 +24,10 @@ const WAKE: u64 = u64::MAX;
 const ROUNDS_PER_WAKE: usize = 8;
 /// epoll events handled per wait.
 const EPOLL_EVENTS: usize = 64;
+
+/// A session's latest counters, written by its forwarding thread after each batch
+/// and read by the owner without a round trip to the thread.
+pub type StatsCell = Mutex<SessionStats>;
 
 /// Work for a forwarding thread.
 pub enum Command {
@@ -32,6 +39,10 @@ pub enum Command {
         session: Box<Session>,
         /// Its sockets.
         sockets: [UdpSocket; 4],
+        /// Its port pairs (A, B), given back to the allocator once the sockets close.
+        pairs: [PortPair; 2],
+        /// Where its counters are published.
+        published: Arc<StatsCell>,
     },
     /// Apply a new SDP from one side.
     Update {
@@ -42,19 +53,10 @@ pub enum Command {
         /// The new peer description.
         peer: PeerMedia,
     },
-    /// Report a session's counters.
-    Stats {
-        /// Session id.
-        id: SessionId,
-        /// Where to answer.
-        reply: SyncSender<Option<SessionStats>>,
-    },
-    /// Stop relaying a session, close its sockets and report its final counters.
+    /// Stop relaying a session, close its sockets and free its ports.
     Remove {
         /// Session id.
         id: SessionId,
-        /// Where to answer.
-        reply: SyncSender<Option<SessionStats>>,
     },
 }
 
@@ -73,6 +75,24 @@ struct Slot {
     id: SessionId,
     session: Session,
     sockets: [UdpSocket; 4],
+    pairs: [PortPair; 2],
+    published: Arc<StatsCell>,
+    /// Counters changed since the last successful publish.
+    dirty: bool,
+}
+
+impl Slot {
+    /// Publishes the counters unless the owner is reading them right now, in which
+    /// case the next batch or scan does.
+    fn publish(&mut self) {
+        match self.published.try_lock() {
+            Ok(mut cell) => {
+                self.session.write_stats(&mut cell);
+                self.dirty = false;
+            }
+            Err(_) => self.dirty = true,
+        }
+    }
 }
 
 fn socket_index(side: Side, channel: Channel) -> usize {
@@ -116,6 +136,7 @@ pub struct WorkerParts {
     pub events: SyncSender<RelayEvent>,
     pub stop: Arc<AtomicBool>,
     pub counters: Arc<Counters>,
+    pub ports: Arc<Mutex<PortAllocator>>,
     pub scan_every: Duration,
 }
 
@@ -194,23 +215,40 @@ impl Worker {
                     id,
                     session,
                     sockets,
-                } => self.add(id, *session, sockets),
+                    pairs,
+                    published,
+                } => self.add(
+                    id,
+                    Slot {
+                        id,
+                        session: *session,
+                        sockets,
+                        pairs,
+                        published,
+                        dirty: false,
+                    },
+                ),
                 Command::Update { id, side, peer } => {
                     if let Some(s) = self.slot_mut(id) {
                         s.session.update(side, peer, Instant::now());
+                        s.publish();
                     }
                 }
-                Command::Stats { id, reply } => {
-                    let stats = self.slot_mut(id).map(|s| s.session.stats());
-                    let _ = reply.try_send(stats);
-                }
-                Command::Remove { id, reply } => {
-                    let stats = self.index.remove(&id).and_then(|i| {
-                        self.free.push(i);
-                        // Dropping the slot closes its sockets, which leaves epoll.
-                        self.slots[i].take().map(|s| s.session.stats())
-                    });
-                    let _ = reply.try_send(stats);
+                Command::Remove { id } => {
+                    let Some(i) = self.index.remove(&id) else {
+                        continue;
+                    };
+                    self.free.push(i);
+                    if let Some(slot) = self.slots[i].take() {
+                        let pairs = slot.pairs;
+                        // Dropping the slot closes its sockets (which leaves epoll)
+                        // before the ports can be handed out again.
+                        drop(slot);
+                        let mut ports = self.p.ports.lock().unwrap_or_else(|e| e.into_inner());
+                        for p in pairs {
+                            let _ = ports.release(p.rtp);
+                        }
+                    }
                 }
             }
         }
@@ -221,7 +259,7 @@ impl Worker {
         self.slots.get_mut(i)?.as_mut()
     }
 
-    fn add(&mut self, id: SessionId, session: Session, sockets: [UdpSocket; 4]) {
+    fn add(&mut self, id: SessionId, slot: Slot) {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -230,7 +268,7 @@ impl Worker {
             }
         };
         let epfd = self.p.epoll.as_raw_fd();
-        for (k, s) in sockets.iter().enumerate() {
+        for (k, s) in slot.sockets.iter().enumerate() {
             if epoll_add(epfd, s.as_raw_fd(), ((i as u64) << 2) | k as u64).is_err() {
                 // Not pollable: the session stays silent and will time out.
                 self.p
@@ -239,11 +277,7 @@ impl Worker {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.slots[i] = Some(Slot {
-            id,
-            session,
-            sockets,
-        });
+        self.slots[i] = Some(slot);
         self.index.insert(id, i);
     }
 
@@ -282,6 +316,8 @@ impl Worker {
                     Decision::Drop(_) => dropped += 1,
                 }
             }
+            // Before sending: whoever sees a packet arrive sees it counted.
+            slot.publish();
             for (q, out_fd) in self.out.iter_mut().zip(out_fds) {
                 let sent = q.flush(out_fd, &self.recv);
                 forwarded += sent.ok as u64;
@@ -301,6 +337,9 @@ impl Worker {
     /// Reports due session events.
     fn scan(&mut self, now: Instant) {
         for slot in self.slots.iter_mut().flatten() {
+            if slot.dirty {
+                slot.publish();
+            }
             while let Some(event) = slot.session.poll_event(now) {
                 let ev = RelayEvent {
                     session: slot.id,
