@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod capture;
 pub mod cluster;
 pub mod netns;
 
@@ -872,6 +873,19 @@ impl Drop for SippProc {
             stop_child(&mut c, Duration::from_secs(2));
         }
     }
+}
+
+/// Registers extension `number` (password `pw<number>`) with SIPp's register.xml from
+/// loopback port `port`, so that calls to it reach a SIPp agent later bound there.
+pub fn sipp_register(node: &Node, number: &str, port: u16) {
+    let r = Sipp::new(&format!("register-{number}"), scenario("register.xml"))
+        .remote(node.addr)
+        .local_port(port)
+        .args(["-s", number, "-au", number, "-ap", &format!("pw{number}")])
+        .key("expires", "3600")
+        .run()
+        .expect("sipp");
+    assert!(r.ok(), "registration of {number} failed\n{}", r.describe());
 }
 
 /// True when some UDP socket is bound to 127.0.0.1:`port` or 0.0.0.0:`port` (read from

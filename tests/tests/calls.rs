@@ -16,24 +16,13 @@ struct Setup {
     callee_port: u16,
 }
 
-fn register(node: &Node, number: &str, port: u16) {
-    let r = Sipp::new(&format!("register-{number}"), scenario("register.xml"))
-        .remote(node.addr)
-        .local_port(port)
-        .args(["-s", number, "-au", number, "-ap", &format!("pw{number}")])
-        .key("expires", "3600")
-        .run()
-        .unwrap();
-    assert!(r.ok(), "registration of {number} failed\n{}", r.describe());
-}
-
 fn setup(opts: NodeOpts, register_callee: bool) -> Setup {
     let node = Node::start(opts).expect("start softswitch");
     let caller_port = free_port();
     let callee_port = free_port();
-    register(&node, CALLER, caller_port);
+    sipp_register(&node, CALLER, caller_port);
     if register_callee {
-        register(&node, CALLEE, callee_port);
+        sipp_register(&node, CALLEE, callee_port);
     }
     Setup {
         node,
