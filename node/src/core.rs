@@ -41,6 +41,14 @@ const READ_CHUNK: usize = 64;
 /// that the phones' (or a load generator's) socket buffers absorb.
 const COMMIT_EVERY: usize = 128;
 
+/// Writes nobody waits for (call records, CDRs, expiry sweeps) are held back this long,
+/// so that the calls of a busy moment share one log entry (one sync, one replication
+/// round) instead of taking one each; a waiting REGISTER answer sends them at once.
+const WRITE_COALESCE: Duration = Duration::from_millis(5);
+
+/// ... or until this many commands wait.
+const WRITE_COALESCE_MAX: usize = 512;
+
 /// A batch or timer pass slower than this is logged: it delays every message behind it.
 const SLOW_BATCH: Duration = Duration::from_millis(50);
 
@@ -343,6 +351,8 @@ pub struct Core {
     next_sweep: Option<Instant>,
     /// Changes (bindings, call records, CDRs) waiting for the next batched store write.
     pending_writes: Vec<Command>,
+    /// When the oldest of `pending_writes` was queued while nothing waited for it.
+    writes_since: Option<Instant>,
     /// REGISTER responses waiting for that write.
     held: Vec<Held>,
     /// New INVITEs and REGISTERs queued longer than this are refused with 503.
@@ -362,6 +372,8 @@ pub struct Feeds {
     pub applied: Option<mpsc::UnboundedReceiver<crate::cluster::Applied>>,
     /// Events of the media relay's sessions (RTP timeouts).
     pub media: Option<mpsc::Receiver<media::udp::RelayEvent>>,
+    /// Fires when the node stops: the core starts its last writes and returns.
+    pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// A REGISTER answer held until its binding is written: the transaction, the 200, and
@@ -454,6 +466,7 @@ impl Core {
             out: Vec::new(),
             next_sweep: None,
             pending_writes: Vec::new(),
+            writes_since: None,
             held: Vec::new(),
             max_queue_delay: Duration::from_millis(cfg.sip.max_queue_delay_ms),
             cluster: None,
@@ -550,7 +563,9 @@ impl Core {
             mut written,
             mut applied,
             mut media,
+            stop,
         } = feeds;
+        let mut stop = stop;
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
             if let Some(a) = applied.as_mut() {
@@ -574,7 +589,10 @@ impl Core {
                     match rx.try_recv() {
                         Ok(m) => chunk.push(m),
                         Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            self.commit_all();
+                            return;
+                        }
                     }
                 }
                 if chunk.is_empty() {
@@ -643,7 +661,10 @@ impl Core {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => chunk.push(m),
-                    None => return,
+                    None => {
+                        self.commit_all();
+                        return;
+                    }
                 },
                 c = change => match c {
                     Some(change) => self.on_replicated(change),
@@ -658,6 +679,17 @@ impl Core {
                     // Every sender is gone: nothing more will complete.
                     None => written = None,
                 },
+                _ = async {
+                    match stop.as_mut() {
+                        Some(s) => {
+                            let _ = s.await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.commit_all();
+                    return;
+                }
                 _ = udp_ready => {}
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
@@ -667,10 +699,15 @@ impl Core {
     /// When [`Core::on_timer`] next has work.
     pub fn next_deadline(&mut self, now: Instant) -> Instant {
         let sweep = *self.next_sweep.get_or_insert(now + Duration::from_secs(1));
-        [self.txn.next_deadline(), self.calls.next_deadline()]
-            .into_iter()
-            .flatten()
-            .fold(sweep, Instant::min)
+        let coalesced = self.writes_since.map(|t| t + WRITE_COALESCE);
+        [
+            self.txn.next_deadline(),
+            self.calls.next_deadline(),
+            coalesced,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(sweep, Instant::min)
     }
 
     /// Fires due transaction and call timers and sweeps expired bindings.
@@ -950,7 +987,33 @@ impl Core {
     /// last commit, releases the responses that promised them as soon as it is done, and sends
     /// everything queued since the last commit.
     pub fn commit(&mut self, now: Instant) {
-        if !self.held.is_empty() || !self.pending_writes.is_empty() {
+        self.commit_if(now, false);
+    }
+
+    /// Writes whatever is pending, whether or not its coalescing window has passed
+    /// (when the node stops).
+    pub fn commit_all(&mut self) {
+        self.commit_if(Instant::now(), true);
+    }
+
+    /// True when the pending changes should be written now: an answer waits for them,
+    /// or they waited [`WRITE_COALESCE`], or there are many.
+    fn write_due(&mut self, now: Instant) -> bool {
+        if !self.held.is_empty() {
+            return true;
+        }
+        if self.pending_writes.is_empty() {
+            self.writes_since = None;
+            return false;
+        }
+        let since = *self.writes_since.get_or_insert(now);
+        self.pending_writes.len() >= WRITE_COALESCE_MAX || now >= since + WRITE_COALESCE
+    }
+
+    fn commit_if(&mut self, now: Instant, force: bool) {
+        let due = self.write_due(now) || (force && !self.pending_writes.is_empty());
+        if due {
+            self.writes_since = None;
             let cmds = std::mem::take(&mut self.pending_writes);
             let held = std::mem::take(&mut self.held);
             self.next_write += 1;

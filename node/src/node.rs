@@ -321,10 +321,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Some((relay, events)) => (Some(relay), Some(events)),
         None => (None, None),
     };
+    let (stop_core, stop) = tokio::sync::oneshot::channel();
     let feeds = Feeds {
         written,
         applied: Some(applied_rx),
         media: media_events,
+        stop: Some(stop),
     };
     let mut core = Core::new(
         &cfg,
@@ -378,9 +380,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             tracing::info!("counters {}", line.join(" "));
         }
     });
+    let core_run = core.run(rx, Some(udp), feeds);
+    tokio::pin!(core_run);
     tokio::select! {
-        _ = core.run(rx, Some(udp), feeds) => {}
-        _ = shutdown_signal() => tracing::info!("stopping"),
+        _ = &mut core_run => {}
+        _ = shutdown_signal() => {
+            tracing::info!("stopping");
+            // The core starts the writes it was still coalescing (CDRs, call records).
+            let _ = stop_core.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut core_run).await;
+        }
     }
     backing.shutdown().await;
     Ok(())

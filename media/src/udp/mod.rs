@@ -227,7 +227,10 @@ impl Spares {
     fn take(&self) -> Result<(PortPair, UdpPair), RelayError> {
         let mut ready = self.ready();
         let spare = ready.pop_front();
-        self.taken.notify_one();
+        // The binder refills from half empty on: one wake-up per many sessions.
+        if ready.len() < self.target.div_ceil(2) {
+            self.taken.notify_one();
+        }
         match spare {
             Some(p) => Ok(p),
             // Still under the lock, so the binder cannot hold the last free pair.
@@ -246,11 +249,14 @@ impl Spares {
     /// ready (sessions wait at most one bind for it).
     fn run_binder(&self, stop: &AtomicBool) {
         let mut ready = self.ready();
+        let mut filling = true;
         while !stop.load(Ordering::Relaxed) {
-            if ready.len() >= self.target {
+            if ready.len() >= self.target || (!filling && ready.len() >= self.target.div_ceil(2)) {
+                filling = false;
                 ready = self.taken.wait(ready).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
+            filling = true;
             match self.bind_pair() {
                 Ok(p) => ready.push_back(p),
                 // Ports run out under load or are held elsewhere: try again later,

@@ -155,11 +155,15 @@ impl Harness {
             .collect()
     }
 
-    fn cdrs(&self) -> Vec<Cdr> {
+    /// The stored CDRs, once the writes the core still coalesces are made.
+    fn cdrs(&mut self) -> Vec<Cdr> {
+        self.core.commit_all();
         self.store.cdrs().unwrap()
     }
 
-    fn calls(&self) -> Vec<crate::calls::record::CallRecord> {
+    /// The stored call records, once the writes the core still coalesces are made.
+    fn calls(&mut self) -> Vec<crate::calls::record::CallRecord> {
+        self.core.commit_all();
         self.store.read(crate::store::calls).unwrap()
     }
 }
@@ -879,4 +883,35 @@ fn a_leader_without_its_lease_refuses_new_work_until_a_majority_answers_again() 
     tx.send(back).unwrap();
     h.recv_text(B1, &register("1002", 2, ""), 10);
     assert!(find(&h.take(), B1, |m| is_status(m, 401)).is_some());
+}
+
+#[test]
+fn call_records_nobody_waits_for_are_coalesced_into_one_write() {
+    let mut h = Harness::new(&[B1, B2]);
+    let asked: Asked = Arc::default();
+    h.core.persist = Box::new(Deferred(asked.clone()));
+    h.recv_text(A, &invite("1002", "z9hG4bKco1"), 0);
+    h.recv_text(
+        A,
+        &invite("1002", "z9hG4bKco2").replace("call-a", "call-b"),
+        2,
+    );
+    assert!(asked.lock().unwrap().is_empty(), "held back for the window");
+    assert_eq!(
+        h.core.next_deadline(h.at(2)),
+        h.at(5),
+        "the core wakes when the window of the first record ends"
+    );
+    h.tick(4);
+    assert!(asked.lock().unwrap().is_empty());
+    h.tick(5);
+    let writes = asked.lock().unwrap().clone();
+    assert_eq!(writes.len(), 1, "both calls' records in one write");
+    let starts = match &writes[0].1[..] {
+        [Command::Batch(cmds)] => cmds.len(),
+        cmds => cmds.len(),
+    };
+    assert_eq!(starts, 2, "{:?}", writes[0].1);
+    // Nothing pending: no wake-up for it.
+    assert!(h.core.writes_since.is_none());
 }
