@@ -6,6 +6,7 @@
 //! Everything here is independent of the SIP side: the B2BUA (`node::calls`) asks a
 //! [`udp::Relay`] for sessions and rewrites SDP with [`sdp`].
 
+pub mod arp;
 pub mod codec;
 pub mod dtmf;
 pub mod ports;
@@ -16,3 +17,4 @@ pub mod session;
 pub mod sockaddr;
 pub mod stats;
 pub mod udp;
+pub mod wire;
