@@ -127,8 +127,9 @@ impl ArpTable {
     pub fn resolve(&mut self, ip: Ipv4Addr, now: Instant) -> Resolution {
         let key = u32::from(ip);
         let retry = self.config.retry;
-        let due = |asked: Option<Instant>| {
-            asked.map_or(true, |t| now.saturating_duration_since(t) >= retry)
+        let due = |asked: Option<Instant>| match asked {
+            None => true,
+            Some(t) => now.saturating_duration_since(t) >= retry,
         };
         if let Some(e) = self.entries.get_mut(&key) {
             let stale = now.saturating_duration_since(e.confirmed) >= self.config.refresh;
