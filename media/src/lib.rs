@@ -8,6 +8,8 @@
 
 pub mod arp;
 pub mod codec;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod dtmf;
 pub mod ports;
 pub mod rtcp;
