@@ -4,9 +4,11 @@
 //! session, and the batched-UDP relay backend.
 //!
 //! Everything here is independent of the SIP side: the B2BUA (`node::calls`) asks a
-//! [`udp::Relay`] for sessions and rewrites SDP with [`sdp`].
+//! relay ([`backend::MediaRelay`]: [`udp::Relay`], or the DPDK backend with the `dpdk`
+//! feature) for sessions and rewrites SDP with [`sdp`].
 
 pub mod arp;
+pub mod backend;
 pub mod codec;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
