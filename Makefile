@@ -55,7 +55,7 @@ run: build
 lint: deps-build deps-dpdk
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
-	cargo clippy --release -p media --features dpdk --all-targets -- -D warnings
+	cargo clippy --release -p media -p bench --features media/dpdk,bench/dpdk --all-targets -- -D warnings
 
 unit: deps-build
 	cargo test --release --workspace --exclude tests
@@ -69,13 +69,16 @@ dpdk: deps-dpdk
 
 test: lint unit dpdk e2e
 
-bench: build deps-bench
+bench: build deps-bench deps-dpdk
 	cargo build --release -p bench
 	bench/run.sh
 	@echo "# raft: 3 members in one process, QUIC mTLS on loopback, synced RocksDB logs"
 	$(BIN)/raft_commit
 	@echo "# catch-up: a 4th member (learner) on 1 000 000 bindings, by snapshot; goal <= 10 s"
 	$(BIN)/catchup
+	@echo "# dpdk: relayed RTP packets per second per core, DPDK backend on net_ring virtual devices; goal >= 2 Mpps"
+	cargo build --release -p bench --features dpdk --bin dpdk_relay
+	$(BIN)/dpdk_relay
 
 clean:
 	cargo clean

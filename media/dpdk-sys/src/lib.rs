@@ -7,7 +7,12 @@
 //! Empty unless the `system` feature is on (the `media` crate's `dpdk` feature turns
 //! it on), so that a workspace build never needs DPDK installed.
 
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, missing_docs)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    missing_docs
+)]
 #![allow(clippy::all)]
 
 #[cfg(feature = "system")]

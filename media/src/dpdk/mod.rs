@@ -86,6 +86,8 @@ pub struct DpdkConfig {
     /// Sleep between polls after a while without traffic; zero = poll without pause
     /// (lowest latency, one core always busy).
     pub idle_sleep: Duration,
+    /// CPU the polling thread is pinned to; none = wherever the scheduler puts it.
+    pub cpu: Option<usize>,
     /// Neighbour table settings.
     pub arp: ArpConfig,
 }
@@ -108,6 +110,7 @@ impl Default for DpdkConfig {
             rx_descriptors: 1024,
             tx_descriptors: 1024,
             idle_sleep: Duration::from_micros(50),
+            cpu: None,
             arp: ArpConfig::default(),
         }
     }
@@ -141,6 +144,13 @@ pub struct DpdkCounters {
     pub arp_requests: u64,
     /// Neighbour entries learned or changed.
     pub arp_learned: u64,
+    /// Receive polls of the port.
+    pub polls: u64,
+    /// Of `polls`: polls that found nothing (the rest of the time the core relays).
+    pub idle_polls: u64,
+    /// Nanoseconds spent on polls that found frames (parse, decide, rewrite, send):
+    /// `forwarded / busy_nanos` is the core's relaying capacity.
+    pub busy_nanos: u64,
 }
 
 fn dpdk_error(what: &str) -> RelayError {
@@ -401,6 +411,7 @@ impl DpdkRelay {
             scan_every: (config.rtp_timeout / 4)
                 .clamp(Duration::from_millis(10), Duration::from_secs(1)),
             idle_sleep: config.idle_sleep,
+            cpu: config.cpu,
         };
         let thread = std::thread::Builder::new()
             .name(format!("media-dpdk-{}", config.port))
@@ -575,6 +586,9 @@ impl DpdkRelay {
             arp_replies: get(&c.arp_replies),
             arp_requests: get(&c.arp_requests),
             arp_learned: get(&c.arp_learned),
+            polls: get(&c.polls),
+            idle_polls: get(&c.idle_polls),
+            busy_nanos: get(&c.busy_nanos),
         }
     }
 

@@ -81,6 +81,9 @@ pub struct Counters {
     pub arp_replies: AtomicU64,
     pub arp_requests: AtomicU64,
     pub arp_learned: AtomicU64,
+    pub polls: AtomicU64,
+    pub idle_polls: AtomicU64,
+    pub busy_nanos: AtomicU64,
 }
 
 /// Per-burst tallies, added to the shared counters once per burst.
@@ -97,6 +100,9 @@ struct Tally {
     arp_replies: u64,
     arp_requests: u64,
     arp_learned: u64,
+    polls: u64,
+    idle_polls: u64,
+    busy_nanos: u64,
 }
 
 impl Tally {
@@ -113,6 +119,9 @@ impl Tally {
             (&c.arp_replies, self.arp_replies),
             (&c.arp_requests, self.arp_requests),
             (&c.arp_learned, self.arp_learned),
+            (&c.polls, self.polls),
+            (&c.idle_polls, self.idle_polls),
+            (&c.busy_nanos, self.busy_nanos),
         ];
         for (counter, n) in pairs {
             if n != 0 {
@@ -168,6 +177,7 @@ pub struct WorkerParts {
     pub counters: Arc<Counters>,
     pub scan_every: Duration,
     pub idle_sleep: Duration,
+    pub cpu: Option<usize>,
 }
 
 struct Slot {
@@ -224,6 +234,9 @@ struct Worker {
 
 /// Runs the forwarding loop until `stop` is set.
 pub fn run(parts: WorkerParts) {
+    if let Some(cpu) = parts.cpu {
+        pin_to(cpu);
+    }
     // An lcore id gives this thread the mempool's per-lcore cache; without one it
     // still works, through the shared ring.
     // SAFETY: plain call; EAL is initialised before the thread starts.
@@ -250,9 +263,12 @@ pub fn run(parts: WorkerParts) {
         // SAFETY: `rx` has room for BURST pointers; the port is started.
         let n = unsafe { sys::ss_rx_burst(w.p.link.port, 0, rx.as_mut_ptr(), BURST as u16) };
         polls = polls.wrapping_add(1);
+        w.tally.polls += 1;
         if n == 0 {
+            w.tally.idle_polls += 1;
             idle = idle.saturating_add(1);
             if idle >= IDLE_POLLS {
+                w.tally.flush(&w.p.counters);
                 if !w.p.idle_sleep.is_zero() {
                     std::thread::sleep(w.p.idle_sleep);
                 }
@@ -269,6 +285,9 @@ pub fn run(parts: WorkerParts) {
         for &m in &rx[..usize::from(n)] {
             w.handle(m, now);
         }
+        // Busy time makes the per-core capacity measurable even when the offered load
+        // is below it (idle polls are cheap, so their count says little).
+        w.tally.busy_nanos += now.elapsed().as_nanos() as u64;
         w.flush();
         if polls % SCAN_CHECK_EVERY == 0 && now >= next_scan {
             w.scan(now);
@@ -278,6 +297,17 @@ pub fn run(parts: WorkerParts) {
     if registered {
         // SAFETY: this thread registered itself above.
         unsafe { sys::rte_thread_unregister() };
+    }
+}
+
+/// Pins the calling thread to `cpu` (best effort: an invalid CPU leaves it free).
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data, CPU_SET bounds-checks, the call affects this
+    // thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
