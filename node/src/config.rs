@@ -248,6 +248,8 @@ pub struct DpdkSection {
     pub mac: Option<String>,
     /// Microseconds the polling thread sleeps when idle (default 50; 0 = always poll).
     pub idle_sleep_us: u64,
+    /// CPU the polling thread is pinned to (default none).
+    pub cpu: Option<usize>,
 }
 
 impl Default for DpdkSection {
@@ -260,6 +262,7 @@ impl Default for DpdkSection {
             gateway: None,
             mac: None,
             idle_sleep_us: 50,
+            cpu: None,
         }
     }
 }

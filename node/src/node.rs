@@ -312,6 +312,7 @@ fn start_dpdk(
         rtp_timeout: Duration::from_secs(m.rtp_timeout_secs),
         max_sessions,
         idle_sleep: Duration::from_micros(d.idle_sleep_us),
+        cpu: d.cpu,
         ..DpdkConfig::default()
     })
     .context("cannot start the DPDK media relay")?;
