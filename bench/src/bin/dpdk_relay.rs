@@ -176,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             max: 60000,
         },
         max_sessions: sessions.max(1),
+        command_queue: sessions + 64,
         idle_sleep: Duration::ZERO,
         cpu: Some(relay_cpu),
         mbufs: 4095,
