@@ -170,6 +170,14 @@ fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     (buf[..n].to_vec(), from)
 }
 
+/// Waits up to 5 s for `cond` (the relay's counters trail what the phones see).
+fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn neighbour(ns: &str, addr: Ipv4Addr) -> String {
     let out = Command::new("ip")
         .args(["-n", ns, "neigh", "show", &addr.to_string()])
@@ -186,28 +194,7 @@ fn dpdk_relays_rtp_between_two_namespaces() {
         return;
     }
     let ns = topology();
-    let config = DpdkConfig {
-        eal_args: [
-            "--no-huge",
-            "--no-pci",
-            "--no-shconf",
-            "--no-telemetry",
-            "-l",
-            "0",
-            "-m",
-            "128",
-            "--log-level=lib.eal:warning",
-            "--vdev=net_af_packet0,iface=d0",
-        ]
-        .map(String::from)
-        .to_vec(),
-        address: RELAY,
-        ports: PortRange {
-            min: 30000,
-            max: 30099,
-        },
-        ..DpdkConfig::default()
-    };
+    let config = relay_config();
     // af_packet opens its socket while EAL starts: in netns R.
     let relay = in_netns(ns.path(0), move || DpdkRelay::start(config)).expect("relay starts");
     let mac = relay.mac();
@@ -240,10 +227,7 @@ fn dpdk_relays_rtp_between_two_namespaces() {
     // relay address, DPDK answers and learns the phone; the datagram is dropped.
     a.send_to(b"hello", to_relay(9)).unwrap();
     b.send_to(b"hello", to_relay(9)).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while relay.dpdk_counters().no_session < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(|| relay.dpdk_counters().no_session >= 2);
     let c = relay.dpdk_counters();
     assert!(c.arp_replies >= 2, "ARP answered for both phones: {c:?}");
     assert_eq!(c.no_session, 2, "{c:?}");
@@ -276,6 +260,7 @@ fn dpdk_relays_rtp_between_two_namespaces() {
     let mut buf = [0u8; 2048];
     assert!(b.recv_from(&mut buf).is_err(), "spoofed packet not relayed");
 
+    wait_for(|| relay.counters().forwarded == 2 * u64::from(PACKETS));
     let stats = relay.stats(s.id).unwrap();
     assert_eq!(stats.a.forwarded_packets, u64::from(PACKETS));
     assert_eq!(stats.b.forwarded_packets, u64::from(PACKETS));
@@ -298,11 +283,53 @@ fn dpdk_relays_rtp_between_two_namespaces() {
     assert_eq!(relay.ports_available(), 50);
     // After the session, its port is no session's.
     a.send_to(&rtp(99), to_relay(s.a.rtp)).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while relay.dpdk_counters().no_session < 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(|| relay.dpdk_counters().no_session >= 3);
     assert_eq!(relay.dpdk_counters().no_session, 3);
+    let config = relay_config();
+    drop(relay);
+
+    // The port serves a new relay after the first one stopped.
+    let relay = DpdkRelay::start(config).expect("second relay starts");
+    let s = relay
+        .create_session(PeerMedia::unknown(), PeerMedia::unknown())
+        .unwrap();
+    // Nothing known about B yet: A's first packet latches A and is dropped; B's then
+    // goes to A, and A's next one to B (the relay learned B's MAC from B's packet).
+    a.send_to(&rtp(1), to_relay(s.a.rtp)).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    wait_for(|| relay.counters().dropped >= 1);
+    b.send_to(&rtp(2), to_relay(s.b.rtp)).unwrap();
+    assert_eq!(recv(&a).0, rtp(2));
+    a.send_to(&rtp(3), to_relay(s.a.rtp)).unwrap();
+    assert_eq!(recv(&b).0, rtp(3));
+    // The relay counts a burst right after sending it: B may read first.
+    wait_for(|| relay.counters().forwarded == 2);
+    assert_eq!(relay.counters().forwarded, 2);
     drop(relay);
     drop(ns);
+}
+
+fn relay_config() -> DpdkConfig {
+    DpdkConfig {
+        eal_args: [
+            "--no-huge",
+            "--no-pci",
+            "--no-shconf",
+            "--no-telemetry",
+            "-l",
+            "0",
+            "-m",
+            "128",
+            "--log-level=lib.eal:warning",
+            "--vdev=net_af_packet0,iface=d0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        address: RELAY,
+        ports: PortRange {
+            min: 30000,
+            max: 30099,
+        },
+        ..DpdkConfig::default()
+    }
 }

@@ -65,6 +65,8 @@ pub struct DpdkConfig {
     /// resolved directly (on one L2 segment, or learned from its own packets).
     pub gateway: Option<Ipv4Addr>,
     /// Source MAC; none = the device's own (set: the port goes promiscuous).
+    /// `rx_descriptors`, `tx_descriptors` and `mbufs` apply when the port is first
+    /// started in the process; a later relay on it takes it over as it runs.
     pub mac: Option<Mac>,
     /// Port range for RTP/RTCP pairs.
     pub ports: PortRange,
@@ -229,9 +231,12 @@ pub fn init_eal(args: &[String]) -> Result<(), RelayError> {
 }
 
 /// Per-port state kept for the process: the pool (never freed, DPDK drivers may
-/// still reference its buffers) and whether a relay serves the port now.
+/// still reference its buffers), whether the port was started and whether a relay
+/// serves it now. A started port stays started when its relay stops: some virtual
+/// devices (`net_af_packet`) close their sockets on stop and cannot start again.
 struct PortState {
     pool: Arc<Pool>,
+    started: bool,
     in_use: bool,
 }
 
@@ -263,6 +268,19 @@ fn start_port(cfg: &DpdkConfig) -> Result<(Arc<Pool>, Mac), RelayError> {
     }
     // SAFETY: valid port id.
     let socket = unsafe { sys::rte_eth_dev_socket_id(port) };
+    if let Some(p) = table.get_mut(&port).filter(|p| p.started) {
+        // Taken over as it runs; its queues keep the first relay's settings.
+        p.in_use = true;
+        let pool = p.pool.clone();
+        drop(table);
+        return match port_mac(cfg) {
+            Ok(mac) => Ok((pool, mac)),
+            Err(e) => {
+                release_port(port);
+                Err(e)
+            }
+        };
+    }
     let pool = match table.get(&port) {
         Some(p) => p.pool.clone(),
         None => {
@@ -289,12 +307,13 @@ fn start_port(cfg: &DpdkConfig) -> Result<(Arc<Pool>, Mac), RelayError> {
         port,
         PortState {
             pool: pool.clone(),
+            started: false,
             in_use: false,
         },
     );
     let queue_socket = if socket < 0 { 0 } else { socket as u32 };
     // SAFETY: rte_eth_conf is plain data for which all-zero means the defaults;
-    // the port is stopped (never started, or stopped by the previous relay).
+    // the port was never started in this process.
     unsafe {
         let conf: sys::rte_eth_conf = std::mem::zeroed();
         let rc = sys::rte_eth_dev_configure(port, 1, 1, &conf);
@@ -322,36 +341,51 @@ fn start_port(cfg: &DpdkConfig) -> Result<(Arc<Pool>, Mac), RelayError> {
         if rc < 0 {
             return Err(setup_error("rte_eth_tx_queue_setup", rc));
         }
-        if cfg.mac.is_some() {
-            // Frames to a MAC that is not the device's own reach us only this way.
-            let rc = sys::rte_eth_promiscuous_enable(port);
-            if rc < 0 {
-                return Err(setup_error("rte_eth_promiscuous_enable", rc));
-            }
-        }
         let rc = sys::rte_eth_dev_start(port);
         if rc < 0 {
             return Err(setup_error("rte_eth_dev_start", rc));
         }
     }
-    let mac = match cfg.mac {
-        Some(m) => m,
-        None => {
-            let mut addr = sys::rte_ether_addr::default();
-            // SAFETY: valid port, valid out-pointer.
-            let rc = unsafe { sys::rte_eth_macaddr_get(port, &mut addr) };
-            if rc < 0 {
-                // SAFETY: the port was started above.
-                unsafe { sys::rte_eth_dev_stop(port) };
-                return Err(setup_error("rte_eth_macaddr_get", rc));
-            }
-            addr.addr_bytes
-        }
-    };
     if let Some(p) = table.get_mut(&port) {
+        p.started = true;
         p.in_use = true;
     }
-    Ok((pool, mac))
+    drop(table);
+    match port_mac(cfg) {
+        Ok(mac) => Ok((pool, mac)),
+        Err(e) => {
+            release_port(port);
+            Err(e)
+        }
+    }
+}
+
+/// The MAC the relay sends from: the configured one (the port then goes
+/// promiscuous, or frames to it would not reach us) or the device's.
+fn port_mac(cfg: &DpdkConfig) -> Result<Mac, RelayError> {
+    let port = cfg.port;
+    if let Some(mac) = cfg.mac {
+        // SAFETY: a started, valid port.
+        let rc = unsafe { sys::rte_eth_promiscuous_enable(port) };
+        if rc < 0 {
+            return Err(setup_error("rte_eth_promiscuous_enable", rc));
+        }
+        return Ok(mac);
+    }
+    let mut addr = sys::rte_ether_addr::default();
+    // SAFETY: valid port, valid out-pointer.
+    let rc = unsafe { sys::rte_eth_macaddr_get(port, &mut addr) };
+    if rc < 0 {
+        return Err(setup_error("rte_eth_macaddr_get", rc));
+    }
+    Ok(addr.addr_bytes)
+}
+
+/// Marks `port` free for another relay; it keeps running (see [`PortState`]).
+fn release_port(port: u16) {
+    if let Some(p) = ports().get_mut(&port) {
+        p.in_use = false;
+    }
 }
 
 struct Control {
@@ -361,8 +395,8 @@ struct Control {
 }
 
 /// A running DPDK relay: the same session calls as [`crate::udp::RelayHandle`].
-/// Dropping it stops the forwarding thread and the port (another relay may start
-/// on it later in the same process).
+/// Dropping it stops the forwarding thread; the port stays started for another
+/// relay of the same process to take over.
 pub struct DpdkRelay {
     control: Mutex<Control>,
     commands: SyncSender<Command>,
@@ -419,7 +453,7 @@ impl DpdkRelay {
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                stop_port(config.port);
+                release_port(config.port);
                 return Err(e.into());
             }
         };
@@ -598,20 +632,12 @@ impl DpdkRelay {
     }
 }
 
-fn stop_port(port: u16) {
-    // SAFETY: the port was started by this process; stopping twice is harmless.
-    unsafe { sys::rte_eth_dev_stop(port) };
-    if let Some(p) = ports().get_mut(&port) {
-        p.in_use = false;
-    }
-}
-
 impl Drop for DpdkRelay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        stop_port(self.config.port);
+        release_port(self.config.port);
     }
 }
