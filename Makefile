@@ -63,9 +63,11 @@ unit: deps-build
 e2e: build deps-test
 	cargo test --release -p tests -- --test-threads=2
 
-# The kernel-bypass relay between two network namespaces (DPDK net_af_packet on veth).
+# The kernel-bypass relay between two network namespaces, DPDK on a veth end through
+# net_af_packet, then through net_af_xdp.
 dpdk: deps-dpdk
 	cargo test --release -p media --features dpdk --test dpdk_veth
+	DPDK_VETH_VDEV=net_af_xdp0,iface=d0 cargo test --release -p media --features dpdk --test dpdk_veth
 
 test: lint unit dpdk e2e
 

@@ -8,7 +8,8 @@
 //!  netns B: eth0 10.77.0.3 ─┴─ ra/rb ── br0
 //! ```
 //!
-//! One test per process: EAL starts once. Needs root (namespaces, raw sockets);
+//! `DPDK_VETH_VDEV` replaces the device (e.g. `net_af_xdp0,iface=d0`). One test per
+//! process: EAL starts once. Needs root (namespaces, raw sockets);
 //! without it the test says so and passes.
 
 #![cfg(feature = "dpdk")]
@@ -309,6 +310,12 @@ fn dpdk_relays_rtp_between_two_namespaces() {
     drop(ns);
 }
 
+/// The virtual device on `d0`: `net_af_packet` unless `DPDK_VETH_VDEV` names another
+/// (e.g. `net_af_xdp0,iface=d0`).
+fn vdev() -> String {
+    std::env::var("DPDK_VETH_VDEV").unwrap_or_else(|_| "net_af_packet0,iface=d0".into())
+}
+
 fn relay_config() -> DpdkConfig {
     DpdkConfig {
         eal_args: [
@@ -321,10 +328,11 @@ fn relay_config() -> DpdkConfig {
             "-m",
             "128",
             "--log-level=lib.eal:warning",
-            "--vdev=net_af_packet0,iface=d0",
         ]
         .map(String::from)
-        .to_vec(),
+        .into_iter()
+        .chain([format!("--vdev={}", vdev())])
+        .collect(),
         address: RELAY,
         ports: PortRange {
             min: 30000,
