@@ -15,6 +15,8 @@ export SWITCHCTL_BIN := $(BIN)/switchctl
 BUILD_PKGS := librocksdb-dev libjemalloc-dev libclang-dev pkg-config gcc
 TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps
 BENCH_PKGS := sip-tester kamailio procps time iproute2
+# The DPDK relay backend (cargo feature `dpdk`): only its test, lint and bench need it.
+DPDK_PKGS := dpdk-dev libdpdk-dev
 
 # Installs the named Debian packages that are not installed yet (apt-get update once).
 define apt_ensure
@@ -29,7 +31,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run build test unit e2e lint bench deps-build deps-test deps-bench clean
+.PHONY: run build test unit e2e lint dpdk bench deps-build deps-test deps-bench deps-dpdk clean
 
 deps-build:
 	$(call apt_ensure,$(BUILD_PKGS))
@@ -41,15 +43,19 @@ deps-test: deps-build
 deps-bench: deps-build
 	$(call apt_ensure,$(BENCH_PKGS))
 
+deps-dpdk: deps-build
+	$(call apt_ensure,$(DPDK_PKGS))
+
 build: deps-build
 	cargo build --release -p node -p ops
 
 run: build
 	$(BIN)/softswitch
 
-lint: deps-build
+lint: deps-build deps-dpdk
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release -p media -p bench --features media/dpdk,bench/dpdk --all-targets -- -D warnings
 
 unit: deps-build
 	cargo test --release --workspace --exclude tests
@@ -57,15 +63,24 @@ unit: deps-build
 e2e: build deps-test
 	cargo test --release -p tests -- --test-threads=2
 
-test: lint unit e2e
+# The kernel-bypass relay between two network namespaces, DPDK on a veth end through
+# net_af_packet, then through net_af_xdp.
+dpdk: deps-dpdk
+	cargo test --release -p media --features dpdk --test dpdk_veth
+	DPDK_VETH_VDEV=net_af_xdp0,iface=d0 cargo test --release -p media --features dpdk --test dpdk_veth
 
-bench: build deps-bench
+test: lint unit dpdk e2e
+
+bench: build deps-bench deps-dpdk
 	cargo build --release -p bench
 	bench/run.sh
 	@echo "# raft: 3 members in one process, QUIC mTLS on loopback, synced RocksDB logs"
 	$(BIN)/raft_commit
 	@echo "# catch-up: a 4th member (learner) on 1 000 000 bindings, by snapshot; goal <= 10 s"
 	$(BIN)/catchup
+	@echo "# dpdk: relayed RTP packets per second per core, DPDK backend on net_ring virtual devices; goal >= 2 Mpps"
+	cargo build --release -p bench --features dpdk --bin dpdk_relay
+	$(BIN)/dpdk_relay
 
 clean:
 	cargo clean

@@ -4,9 +4,14 @@
 //! session, and the batched-UDP relay backend.
 //!
 //! Everything here is independent of the SIP side: the B2BUA (`node::calls`) asks a
-//! [`udp::Relay`] for sessions and rewrites SDP with [`sdp`].
+//! relay ([`backend::MediaRelay`]: [`udp::Relay`], or the DPDK backend with the `dpdk`
+//! feature) for sessions and rewrites SDP with [`sdp`].
 
+pub mod arp;
+pub mod backend;
 pub mod codec;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod dtmf;
 pub mod ports;
 pub mod rtcp;
@@ -16,3 +21,4 @@ pub mod session;
 pub mod sockaddr;
 pub mod stats;
 pub mod udp;
+pub mod wire;

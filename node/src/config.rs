@@ -208,8 +208,77 @@ pub struct MediaSection {
     pub port_max: u16,
     /// A side that sends no RTP this long ends the call (default 60 s).
     pub rtp_timeout_secs: u64,
-    /// Forwarding threads (default 1).
+    /// Forwarding threads (default 1; the `udp` backend).
     pub threads: usize,
+    /// Packet I/O backend: `udp` (kernel sockets, default) or `dpdk` (kernel
+    /// bypass; needs a build with the `dpdk` feature and `[media.dpdk]`).
+    pub backend: MediaBackend,
+    /// `[media.dpdk]`: the DPDK backend's device and address.
+    pub dpdk: DpdkSection,
+}
+
+/// `media.backend`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaBackend {
+    /// Batched kernel UDP sockets.
+    #[default]
+    Udp,
+    /// DPDK kernel bypass.
+    Dpdk,
+}
+
+/// `[media.dpdk]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpdkSection {
+    /// EAL arguments, e.g. `["--no-huge", "--no-pci", "--vdev=net_af_packet0,iface=eth1"]`.
+    pub eal_args: Vec<String>,
+    /// DPDK port id of the device (default 0, the first).
+    pub port: u16,
+    /// The relay's IPv4 address on that device (required): ARP is answered for it and
+    /// SDP names it. No kernel interface may hold it.
+    pub address: Option<std::net::Ipv4Addr>,
+    /// Prefix length of its subnet (default 24).
+    pub prefix_len: u8,
+    /// Next hop for peers outside the subnet (default none: peers are resolved
+    /// directly or learned from their own packets).
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Source MAC, `aa:bb:cc:dd:ee:ff` (default: the device's own).
+    pub mac: Option<String>,
+    /// Microseconds the polling thread sleeps when idle (default 50; 0 = always poll).
+    pub idle_sleep_us: u64,
+    /// CPU the polling thread is pinned to (default none).
+    pub cpu: Option<usize>,
+}
+
+impl Default for DpdkSection {
+    fn default() -> Self {
+        DpdkSection {
+            eal_args: Vec::new(),
+            port: 0,
+            address: None,
+            prefix_len: 24,
+            gateway: None,
+            mac: None,
+            idle_sleep_us: 50,
+            cpu: None,
+        }
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 impl Default for MediaSection {
@@ -221,6 +290,8 @@ impl Default for MediaSection {
             port_max: 20_000,
             rtp_timeout_secs: 60,
             threads: 1,
+            backend: MediaBackend::Udp,
+            dpdk: DpdkSection::default(),
         }
     }
 }
@@ -351,6 +422,37 @@ impl NodeConfig {
         }
         if m.threads == 0 || m.threads > 64 {
             return bad("media.threads", "must be 1..=64");
+        }
+        if m.backend == MediaBackend::Dpdk && m.enabled {
+            if !cfg!(feature = "dpdk") {
+                return bad(
+                    "media.backend",
+                    "\"dpdk\" needs a softswitch built with the `dpdk` feature \
+                     (cargo build --release -p node --features dpdk); use \"udp\"",
+                );
+            }
+            let d = &m.dpdk;
+            match d.address {
+                None => {
+                    return bad(
+                        "media.dpdk.address",
+                        "required with media.backend = \"dpdk\"",
+                    )
+                }
+                Some(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => {
+                    return bad("media.dpdk.address", "must be a unicast IPv4 address")
+                }
+                Some(_) => {}
+            }
+            if d.prefix_len > 32 {
+                return bad("media.dpdk.prefix_len", "must be 0..=32");
+            }
+            if d.mac.as_deref().is_some_and(|t| parse_mac(t).is_none()) {
+                return bad("media.dpdk.mac", "must look like 02:00:00:00:00:01");
+            }
+            if d.idle_sleep_us > 10_000 {
+                return bad("media.dpdk.idle_sleep_us", "must be 0..=10000");
+            }
         }
         let c = &self.cluster;
         if c.heartbeat_ms == 0 {
@@ -496,6 +598,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn media_backend_is_checked_with_its_fields_named() {
+        let c = NodeConfig::from_toml("").unwrap();
+        assert_eq!(c.media.backend, MediaBackend::Udp);
+        let e = NodeConfig::from_toml("[media]\nbackend = \"netmap\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backend"), "{e}");
+        let dpdk = "[media]\nbackend = \"dpdk\"\n";
+        let e = NodeConfig::from_toml(dpdk).unwrap_err().to_string();
+        if cfg!(feature = "dpdk") {
+            assert!(e.contains("media.dpdk.address"), "{e}");
+            let ok = format!(
+                "{dpdk}[media.dpdk]\naddress = \"192.0.2.10\"\nmac = \"02:00:00:00:00:01\"\n\
+                 eal_args = [\"--no-huge\"]\n"
+            );
+            let c = NodeConfig::from_toml(&ok).unwrap();
+            assert_eq!(c.media.dpdk.address, Some("192.0.2.10".parse().unwrap()));
+            let e = NodeConfig::from_toml(&format!("{ok}prefix_len = 33\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("media.dpdk.prefix_len"), "{e}");
+            let bad_mac = ok.replace("02:00:00:00:00:01", "02:00:00:00:01");
+            let e = NodeConfig::from_toml(&bad_mac).unwrap_err().to_string();
+            assert!(e.contains("media.dpdk.mac"), "{e}");
+        } else {
+            assert!(e.contains("media.backend") && e.contains("feature"), "{e}");
+        }
+        // A disabled relay does not care which backend is named.
+        NodeConfig::from_toml("[media]\nenabled = false\nbackend = \"dpdk\"\n").unwrap();
+    }
+
+    #[test]
+    fn macs_parse() {
+        assert_eq!(parse_mac("02:0a:FF:00:00:01"), Some([2, 10, 255, 0, 0, 1]));
+        assert_eq!(parse_mac("02:0a:ff:00:00"), None);
+        assert_eq!(parse_mac("02:0a:ff:00:00:01:02"), None);
+        assert_eq!(parse_mac("2:0a:ff:00:00:01"), None);
+        assert_eq!(parse_mac("zz:0a:ff:00:00:01"), None);
     }
 
     #[test]

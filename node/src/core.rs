@@ -496,7 +496,7 @@ impl Core {
     }
 
     /// Anchors the media of every new call on `relay`.
-    pub fn anchor_media(&mut self, relay: std::sync::Arc<media::udp::RelayHandle>) {
+    pub fn anchor_media(&mut self, relay: std::sync::Arc<media::backend::MediaRelay>) {
         self.calls.anchor_media(relay);
     }
 

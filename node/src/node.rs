@@ -2,7 +2,7 @@
 //! transports and the SIP core.
 
 use crate::cluster::{ClusterPersist, ReplicatedState};
-use crate::config::NodeConfig;
+use crate::config::{MediaBackend, NodeConfig};
 use crate::core::{Completion, Core, Feeds, InitialState, Local};
 use crate::metrics::Metrics;
 use crate::persist::{LocalStore, Persist};
@@ -11,8 +11,9 @@ use crate::sip::transport::{TransportConfig, Transports};
 use crate::store::{self, Command, Expect, Store};
 use anyhow::Context;
 use consensus::join::{init_cluster, open_member, JoinError, QuicConsensus, RunningNode};
+use media::backend::MediaRelay;
 use media::ports::PortRange;
-use media::udp::{Relay, RelayConfig, RelayEvent, RelayHandle};
+use media::udp::{Relay, RelayConfig, RelayEvent};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,35 +235,42 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the media relay (with `[media] enabled`) and a thread handing its session
-/// events to the SIP core.
+/// Starts the media relay (with `[media] enabled`) on the configured backend and a
+/// thread handing its session events to the SIP core.
 fn start_relay(
     cfg: &NodeConfig,
-) -> anyhow::Result<Option<(Arc<RelayHandle>, mpsc::Receiver<RelayEvent>)>> {
+) -> anyhow::Result<Option<(Arc<MediaRelay>, mpsc::Receiver<RelayEvent>)>> {
     let m = &cfg.media;
     if !m.enabled {
         return Ok(None);
     }
     let pairs = (usize::from(m.port_max) - usize::from(m.port_min)).div_ceil(2);
-    let relay = Relay::start(RelayConfig {
-        bind: m.listen,
-        ports: PortRange {
-            min: m.port_min,
-            max: m.port_max,
-        },
-        threads: m.threads,
-        rtp_timeout: Duration::from_secs(m.rtp_timeout_secs),
-        // Each call takes two pairs, one per side.
-        max_sessions: (pairs / 2).max(1),
-        // Without SO_REUSEPORT a port another process (another node on the same host)
-        // holds is skipped, instead of that process getting half of the traffic.
-        reuse_port: false,
-        ..RelayConfig::default()
-    })
-    .context("cannot start the media relay")?;
+    // Each call takes two pairs, one per side.
+    let max_sessions = (pairs / 2).max(1);
+    let ports = PortRange {
+        min: m.port_min,
+        max: m.port_max,
+    };
+    let relay: MediaRelay = match m.backend {
+        MediaBackend::Udp => Relay::start(RelayConfig {
+            bind: m.listen,
+            ports,
+            threads: m.threads,
+            rtp_timeout: Duration::from_secs(m.rtp_timeout_secs),
+            max_sessions,
+            // Without SO_REUSEPORT a port another process (another node on the same host)
+            // holds is skipped, instead of that process getting half of the traffic.
+            reuse_port: false,
+            ..RelayConfig::default()
+        })
+        .context("cannot start the media relay")?
+        .into(),
+        MediaBackend::Dpdk => start_dpdk(m, ports, max_sessions)?,
+    };
     let relay = Arc::new(relay);
     tracing::info!(
-        listen = %m.listen,
+        backend = relay.backend(),
+        listen = %relay.sdp_address().unwrap_or(m.listen),
         ports = format!("{}-{}", m.port_min, m.port_max),
         "media relay started"
     );
@@ -280,6 +288,47 @@ fn start_relay(
         })
         .context("cannot start the media event thread")?;
     Ok(Some((relay, rx)))
+}
+
+/// Starts the DPDK backend from `[media.dpdk]` (validated by the configuration).
+#[cfg(feature = "dpdk")]
+fn start_dpdk(
+    m: &crate::config::MediaSection,
+    ports: PortRange,
+    max_sessions: usize,
+) -> anyhow::Result<MediaRelay> {
+    use media::dpdk::{DpdkConfig, DpdkRelay};
+    let d = &m.dpdk;
+    let relay = DpdkRelay::start(DpdkConfig {
+        eal_args: d.eal_args.clone(),
+        port: d.port,
+        address: d
+            .address
+            .context("field `media.dpdk.address` is required with the dpdk backend")?,
+        prefix_len: d.prefix_len,
+        gateway: d.gateway,
+        mac: d.mac.as_deref().and_then(crate::config::parse_mac),
+        ports,
+        rtp_timeout: Duration::from_secs(m.rtp_timeout_secs),
+        max_sessions,
+        idle_sleep: Duration::from_micros(d.idle_sleep_us),
+        cpu: d.cpu,
+        ..DpdkConfig::default()
+    })
+    .context("cannot start the DPDK media relay")?;
+    Ok(relay.into())
+}
+
+/// Without the `dpdk` feature the configuration refuses this backend before here.
+#[cfg(not(feature = "dpdk"))]
+fn start_dpdk(
+    _m: &crate::config::MediaSection,
+    _ports: PortRange,
+    _max_sessions: usize,
+) -> anyhow::Result<MediaRelay> {
+    anyhow::bail!(
+        "invalid configuration: field `media.backend`: \"dpdk\" needs a softswitch built with the `dpdk` feature"
+    )
 }
 
 /// Runs a node until the process is told to stop.

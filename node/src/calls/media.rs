@@ -6,9 +6,10 @@ use super::Side;
 use crate::core::Local;
 use crate::sip::message::SipMessage;
 use crate::sip::Peer;
+use media::backend::MediaRelay;
 use media::sdp::{self, RelayPorts};
 use media::session::{PeerMedia, Side as MediaSide};
-use media::udp::{RelayError, RelayHandle, SessionPorts};
+use media::udp::{RelayError, SessionPorts};
 use serde::{Deserialize, Serialize};
 
 fn media_side(side: Side) -> MediaSide {
@@ -53,7 +54,7 @@ fn has_sdp(msg: &SipMessage) -> bool {
 
 /// Opens the relay session of a new call; the caller's side is known when its INVITE
 /// carries an offer, the callee's once it answers.
-pub fn open(relay: &RelayHandle, invite: &SipMessage) -> Result<SessionPorts, RelayError> {
+pub fn open(relay: &MediaRelay, invite: &SipMessage) -> Result<SessionPorts, RelayError> {
     let a = offered(invite).unwrap_or_else(PeerMedia::unknown);
     relay.create_session(a, PeerMedia::unknown())
 }
@@ -83,7 +84,7 @@ fn relayed_stream(s: &sdp::Sdp) -> Option<usize> {
 /// the relay learns the sender's media address and direction. Without a session, or
 /// for SDP the relay cannot read, the body passes unchanged.
 pub fn carry(
-    relay: Option<&RelayHandle>,
+    relay: Option<&MediaRelay>,
     session: Option<&SessionPorts>,
     local: &mut Local,
     from: Side,
@@ -108,7 +109,7 @@ pub fn carry(
 }
 
 fn rewrite(
-    relay: &RelayHandle,
+    relay: &MediaRelay,
     ports: &SessionPorts,
     local: &mut Local,
     from: Side,
@@ -143,7 +144,11 @@ fn rewrite(
             _ => RelayPorts { rtp: 0, rtcp: 0 },
         })
         .collect();
-    match sdp::rewrite(text, local.media_ip(to_peer), &per_stream) {
+    // A DPDK relay has an address of its own, which no kernel socket of this node holds.
+    let media_ip = relay
+        .sdp_address()
+        .unwrap_or_else(|| local.media_ip(to_peer));
+    match sdp::rewrite(text, media_ip, &per_stream) {
         Ok(body) => Some(body),
         Err(e) => {
             tracing::debug!(error = %e, "SDP not anchored: passed through unchanged");

@@ -18,7 +18,8 @@ use crate::sip::transaction::TxKey;
 use crate::sip::Peer;
 use crate::store::Command;
 use crate::FastMap;
-use ::media::udp::{RelayEvent, RelayHandle, SessionPorts};
+use ::media::backend::MediaRelay;
+use ::media::udp::{RelayEvent, SessionPorts};
 use bytes::Bytes;
 use cdr::{classify_failure, rfc3339, secs_between, CallMedia, Cdr, Disposition, MediaCounters};
 use record::{CallRecord, Leg, Legs};
@@ -213,7 +214,7 @@ pub struct Calls {
     /// Calls not yet ended (ended ones linger until their transactions finish).
     live: usize,
     /// The media relay every call's RTP goes through; `None`: SDP passes unchanged.
-    relay: Option<Arc<RelayHandle>>,
+    relay: Option<Arc<MediaRelay>>,
     /// Relay session → call.
     by_session: FastMap<u64, u64>,
 }
@@ -245,7 +246,7 @@ impl Calls {
     }
 
     /// Anchors the media of every new call on `relay`.
-    pub fn anchor_media(&mut self, relay: Arc<RelayHandle>) {
+    pub fn anchor_media(&mut self, relay: Arc<MediaRelay>) {
         self.relay = Some(relay);
     }
 
@@ -1070,7 +1071,7 @@ impl Calls {
 /// body of `relayed` (the callee's response) when given.
 fn a_response(
     ctx: &mut SipCtx<'_>,
-    relay: Option<&RelayHandle>,
+    relay: Option<&MediaRelay>,
     call: &Call,
     code: u16,
     reason: &str,
