@@ -115,6 +115,9 @@ pub enum RelayError {
     /// `max_sessions` reached.
     #[error("media session limit ({0}) reached")]
     TooManySessions(usize),
+    /// A forwarding thread's bounded command queue is full (the DPDK backend's).
+    #[error("media relay busy")]
+    Busy,
     /// No such session.
     #[error("unknown media session {0}")]
     UnknownSession(SessionId),
