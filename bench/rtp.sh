@@ -34,7 +34,7 @@
 #   relay_pps_per_core softswitch=N rtpengine=M ratio=R goal>=3 met=yes|NO
 #   relay_cpu_per_1000_calls softswitch=X% rtpengine=Y% ratio=R   (ratio = ours / theirs: lower is better)
 #
-# Env knobs: LEVELS ("100 500 1000 1500 2000 2500 3000 4000 5000 6000" sessions), WARMUP_S (2),
+# Env knobs: LEVELS ("100 500 1000 1500 2000 2500 3000 3500 4000 4500" sessions), WARMUP_S (2),
 #   MEASURE_S (6), LOSS_OK (2, %), PIN (1), NICE (-5), SYSTEMS ("softswitch rtpengine"),
 #   PER_SIDE (1: all sessions share one caller and one callee socket, so the blaster can
 #   batch its sends; 0 = every session its own two sockets, as real phones), BASE_PORT
@@ -52,7 +52,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
     WARMUP_S="${WARMUP_S:-1}"
     MEASURE_S="${MEASURE_S:-2}"
 fi
-LEVELS="${LEVELS:-100 500 1000 1500 2000 2500 3000 4000 5000 6000}"
+LEVELS="${LEVELS:-100 500 1000 1500 2000 2500 3000 3500 4000 4500}"
 WARMUP_S="${WARMUP_S:-2}"
 MEASURE_S="${MEASURE_S:-6}"
 LOSS_OK="${LOSS_OK:-2}"
@@ -85,6 +85,8 @@ for b in relay_host rtp_blast ng_client; do
 done
 [[ " $SYSTEMS " == *" rtpengine "* ]] && need rtpengine
 need taskset; need awk
+# 4 sockets per session on the relay side: raise the hard limit too where allowed
+ulimit -Hn 65536 2>/dev/null || true
 raise_nofile
 
 MAXS=0; for n in $LEVELS; do (( n > MAXS )) && MAXS=$n; done
