@@ -5,8 +5,11 @@
 #
 # Load: N relay sessions, each a G.711 call relayed both ways: 172-byte UDP payload (12-byte
 # RTP header + 160 bytes PCMU), 50 packets/s per direction, i.e. N x 100 packets/s offered.
-# Callers on 127.0.0.2, callees on 127.0.0.3 (port BASE_PORT + 2 * (i % PER_SIDE)), relay on
-# 127.0.0.1, ports PORT_MIN..PORT_MAX.
+# Callers on 127.0.0.2, callees on 127.0.0.3 (port BASE_PORT + 2 * (i % PER_SIDE)), relays on
+# 127.0.0.1: ours on the first half of PORT_MIN..PORT_MAX, rtpengine on the second half.
+# Both relays start first and hold all their sessions for the whole run; then the levels
+# alternate between them (ours at N, rtpengine at N, ours at the next N, ...) so that both
+# see the same background load on this shared machine.
 #   softswitch: bench binary relay_host = media::udp::Relay (default config: 1 forwarding
 #               thread "media-fwd-0", epoll + recvmmsg/sendmmsg, per-session sockets) with a
 #               wide port range; the N sessions are created through its public API with both
@@ -39,7 +42,7 @@
 #   MEASURE_S (6), LOSS_OK (2, %), PIN (1), NICE (-5), SYSTEMS ("softswitch rtpengine"),
 #   PER_SIDE (1: all sessions share one caller and one callee socket, so the blaster can
 #   batch its sends; 0 = every session its own two sockets, as real phones), BASE_PORT
-#   (20000), PORT_MIN (30000), PORT_MAX (59999), NG_PORT (22232), RELAY_THREADS (1),
+#   (20000), PORT_MIN (24000), PORT_MAX (63999), NG_PORT (22232), RELAY_THREADS (1),
 #   RTPENGINE_ARGS (extra daemon options), BUDGET_S (240, whole script), BENCH_BIN (dir of
 #   relay_host/rtp_blast/ng_client: $CARGO_TARGET_DIR/release), KEEP_SCRATCH=1,
 #   QUICK=1 (smoke run: levels 100 300, 1 s + 2 s).
@@ -62,8 +65,8 @@ NICE="${NICE:--5}"
 SYSTEMS="${SYSTEMS:-softswitch rtpengine}"
 PER_SIDE="${PER_SIDE:-1}"
 BASE_PORT="${BASE_PORT:-20000}"
-PORT_MIN="${PORT_MIN:-30000}"
-PORT_MAX="${PORT_MAX:-59999}"
+PORT_MIN="${PORT_MIN:-24000}"
+PORT_MAX="${PORT_MAX:-63999}"
 NG_PORT="${NG_PORT:-22232}"
 RELAY_THREADS="${RELAY_THREADS:-1}"
 BUDGET_S="${BUDGET_S:-240}"
@@ -94,7 +97,6 @@ MAXS=0; for n in $LEVELS; do (( n > MAXS )) && MAXS=$n; done
 (( MAXS * 4 + 200 < $(ulimit -n) )) || die "need more file descriptors for $MAXS sessions (ulimit -n $(ulimit -n))"
 (( PER_SIDE > 0 )) || PER_SIDE=$MAXS
 (( PER_SIDE > MAXS )) && PER_SIDE=$MAXS
-(( (PORT_MAX - PORT_MIN) / 4 >= MAXS )) || die "PORT_MIN..PORT_MAX holds fewer than 2 x $MAXS port pairs"
 
 udp_taken "$NG_PORT" && die "127.0.0.1:$NG_PORT (udp, ng) is already in use"
 # the blaster's endpoints: one awk pass over /proc/net/udp for both address ranges
@@ -109,54 +111,48 @@ taken="$(endpoints_taken)" && die "a blaster endpoint port ($BASE_PORT..$(( BASE
 
 RES="$SCRATCH/levels.txt"
 : >"$RES"
-declare -A BEST_PPC=() BEST_LVL=() BEST_RELAYED=() CPU1000=() NOTE=() NOTE1000=()
+declare -A PID=() FILE=() PREFIX=() LIMITED=() BEST_PPC=() BEST_LVL=() BEST_RELAYED=() CPU1000=() NOTE=() NOTE1000=()
 
-# run_levels SYSTEM PID SESSIONS_FILE [THREADS_PREFIX]: the ladder against one relay
-run_levels() {
-    local sys="$1" pid="$2" file="$3" prefix="${4:-}" n out s0 s1 ok note limited=0 kv
+# run_level SYSTEM N: one level against one relay; counts saturated levels in LIMITED[SYSTEM]
+run_level() {
+    local sys="$1" n="$2" pid="${PID[$1]}" out s0 s1 ok note short=0 kv
     local -a extra=()
-    [[ -n "$prefix" ]] && extra=(--threads-prefix "$prefix")
-    BEST_PPC[$sys]=0; BEST_LVL[$sys]=0; BEST_RELAYED[$sys]=0
-    for n in $LEVELS; do
-        budget_allows $(( WARMUP_S + MEASURE_S + 5 )) || { NOTE[$sys]="time budget reached before $n sessions"; log "${NOTE[$sys]}"; break; }
-        log "$sys: $n sessions = $(( n * 100 )) pps offered"
-        s0="$(sys_cpu)"
-        out="$("${NICE_CMD[@]}" "${BLAST_PIN[@]}" "$BENCH_BIN/rtp_blast" --sessions "$file" --n "$n" \
-            --warmup "$WARMUP_S" --measure "$MEASURE_S" --relay-pid "$pid" "${extra[@]}")" \
-            || die "rtp_blast failed"
-        s1="$(sys_cpu)"
-        pid_alive_same "$pid" || die "$sys relay died (logs in $SCRATCH)"
-        echo "$sys $out" >>"$SCRATCH/rtp_blast.raw"
-        local -A R=()
-        for kv in $out; do R[${kv%%=*}]="${kv#*=}"; done
-        ok=yes; note=""; local short=0
-        if fcmp "${R[send_pps]} < 0.98 * ${R[offered_pps]}"; then
-            short=1; note="blaster short of the offered load (skipped ${R[skipped_slots]} slots)"
-        fi
-        if fcmp "${R[loss_pct]} >= $LOSS_OK"; then ok=no; note="${note:+$note; }loss >= $LOSS_OK%"; fi
-        if fcmp "${R[loss_pct]} <= -$LOSS_OK"; then ok=no; note="${note:+$note; }backlog: relayed > sent"; fi
-        if (( R[bad] > 0 )); then ok=no; note="${note:+$note; }${R[bad]} damaged/misrouted"; fi
-        printf '%-10s %8s %8s %8s %8s %7s %6s %6s %6s %9s %5s %5s %4s %s\n' "$sys" "$n" "${R[offered_pps]}" \
-            "${R[send_pps]}" "${R[recv_pps]}" "${R[loss_pct]}" "${R[relay_cpu_pct]}" \
-            "$([[ -n "$prefix" ]] && echo "${R[relay_threads_cpu_pct]}" || echo -)" "${R[blaster_cpu_pct]}" \
-            "${R[pps_per_core]}" "${R[pkts_per_recvmmsg]}" "$(busy_pct "$s0" "$s1")" "$ok" "$note" | tee -a "$RES" >&2
-        # CPU per 1 000 calls: the relay's CPU at this level, scaled to 100 000 pps when the
-        # blaster fell short of it (then noted with the rate it was taken at)
-        if (( n == 1000 )) && fcmp "${R[recv_pps]} > 0"; then
-            CPU1000[$sys]="$(calc %.1f "${R[relay_cpu_pct]} * 100000 / ${R[recv_pps]}")"
-            fcmp "${R[recv_pps]} < 98000" && NOTE1000[$sys]="CPU per 1 000 calls scaled from ${R[relay_cpu_pct]}% at ${R[recv_pps]} pps relayed (blaster short)"
-        fi
-        if [[ $ok == yes ]] && fcmp "${R[recv_pps]} > ${BEST_RELAYED[$sys]}"; then
-            BEST_PPC[$sys]="${R[pps_per_core]}"; BEST_LVL[$sys]="$n"; BEST_RELAYED[$sys]="${R[recv_pps]}"
-        fi
-        if [[ $ok == no ]] || (( short )); then
-            limited=$(( limited + 1 ))
-            (( limited >= 2 )) && { log "$sys: two saturated levels in a row; stopping"; break; }
-        else
-            limited=0
-        fi
-        sleep 1   # let a backlog of this level drain before the next one
-    done
+    [[ -n "${PREFIX[$sys]:-}" ]] && extra=(--threads-prefix "${PREFIX[$sys]}")
+    log "$sys: $n sessions = $(( n * 100 )) pps offered"
+    s0="$(sys_cpu)"
+    out="$("${NICE_CMD[@]}" "${BLAST_PIN[@]}" "$BENCH_BIN/rtp_blast" --sessions "${FILE[$sys]}" --n "$n" \
+        --warmup "$WARMUP_S" --measure "$MEASURE_S" --relay-pid "$pid" "${extra[@]}")" \
+        || die "rtp_blast failed"
+    s1="$(sys_cpu)"
+    pid_alive_same "$pid" || die "$sys relay died (logs in $SCRATCH)"
+    echo "$sys $out" >>"$SCRATCH/rtp_blast.raw"
+    local -A R=()
+    for kv in $out; do R[${kv%%=*}]="${kv#*=}"; done
+    ok=yes; note=""
+    if fcmp "${R[send_pps]} < 0.98 * ${R[offered_pps]}"; then
+        short=1; note="blaster short of the offered load (skipped ${R[skipped_slots]} slots)"
+    fi
+    if fcmp "${R[loss_pct]} >= $LOSS_OK"; then ok=no; note="${note:+$note; }loss >= $LOSS_OK%"; fi
+    if fcmp "${R[loss_pct]} <= -$LOSS_OK"; then ok=no; note="${note:+$note; }backlog: relayed > sent"; fi
+    if (( R[bad] > 0 )); then ok=no; note="${note:+$note; }${R[bad]} damaged/misrouted"; fi
+    printf '%-10s %8s %8s %8s %8s %7s %6s %6s %6s %9s %5s %5s %4s %s\n' "$sys" "$n" "${R[offered_pps]}" \
+        "${R[send_pps]}" "${R[recv_pps]}" "${R[loss_pct]}" "${R[relay_cpu_pct]}" \
+        "$([[ -n "${PREFIX[$sys]:-}" ]] && echo "${R[relay_threads_cpu_pct]}" || echo -)" "${R[blaster_cpu_pct]}" \
+        "${R[pps_per_core]}" "${R[pkts_per_recvmmsg]}" "$(busy_pct "$s0" "$s1")" "$ok" "$note" | tee -a "$RES" >&2
+    # CPU per 1 000 calls: the relay's CPU at this level, scaled to 100 000 pps when the
+    # blaster fell short of it (then noted with the rate it was taken at)
+    if (( n == 1000 )) && fcmp "${R[recv_pps]} > 0"; then
+        CPU1000[$sys]="$(calc %.1f "${R[relay_cpu_pct]} * 100000 / ${R[recv_pps]}")"
+        fcmp "${R[recv_pps]} < 98000" && NOTE1000[$sys]="CPU per 1 000 calls scaled from ${R[relay_cpu_pct]}% at ${R[recv_pps]} pps relayed (blaster short)"
+    fi
+    if [[ $ok == yes ]] && fcmp "${R[recv_pps]} > ${BEST_RELAYED[$sys]:-0}"; then
+        BEST_PPC[$sys]="${R[pps_per_core]}"; BEST_LVL[$sys]="$n"; BEST_RELAYED[$sys]="${R[recv_pps]}"
+    fi
+    if [[ $ok == no ]] || (( short )); then
+        LIMITED[$sys]=$(( ${LIMITED[$sys]:-0} + 1 ))
+    else
+        LIMITED[$sys]=0
+    fi
 }
 
 wait_file() { # FILE PID SECONDS -> true once FILE exists
@@ -169,30 +165,36 @@ wait_file() { # FILE PID SECONDS -> true once FILE exists
     return 1
 }
 
-run_softswitch() {
-    local f="$SCRATCH/softswitch.sessions"
-    "${NICE_CMD[@]}" "${RELAY_PIN[@]}" "$BENCH_BIN/relay_host" --sessions "$MAXS" --out "$f" \
-        --bind 127.0.0.1 --port-min "$PORT_MIN" --port-max "$PORT_MAX" --threads "$RELAY_THREADS" \
-        --a-ip "$A_IP" --b-ip "$B_IP" --base-port "$BASE_PORT" --per-side "$PER_SIDE" \
-        --max-s "$BUDGET_S" --stats "$SCRATCH/softswitch.counters" \
-        >"$SCRATCH/relay_host.log" 2>&1 </dev/null &
-    local pid=$!
-    track_pid "$pid"
-    wait_file "$f" "$pid" 60 || { cat "$SCRATCH/relay_host.log" >&2; die "relay_host did not create its sessions"; }
-    log "softswitch relay (relay_host pid $pid, threads: $(ls "/proc/$pid/task" | wc -l)) holds $MAXS sessions"
-    run_levels softswitch "$pid" "$f" media-fwd-
-    log "softswitch relay counters: $(cat "$SCRATCH/softswitch.counters" 2>/dev/null)"
-    stop_tracked "$pid"
+# Both relays hold all their sessions for the whole run, each in its half of the port range,
+# and the levels alternate between them, so that both see the same background load.
+HALF=$(( (PORT_MAX - PORT_MIN + 1) / 2 ))
+(( HALF / 4 >= MAXS )) || die "PORT_MIN..PORT_MAX ($PORT_MIN..$PORT_MAX) holds fewer than 2 x 2 x $MAXS port pairs"
+range_of() { # INDEX -> "min max" of that system's half
+    echo "$(( PORT_MIN + $1 * HALF )) $(( PORT_MIN + ($1 + 1) * HALF - 1 ))"
 }
 
-run_rtpengine() {
-    local f="$SCRATCH/rtpengine.sessions" i
+start_softswitch() { # PORT_LO PORT_HI
+    local f="$SCRATCH/softswitch.sessions" pid
+    "${NICE_CMD[@]}" "${RELAY_PIN[@]}" "$BENCH_BIN/relay_host" --sessions "$MAXS" --out "$f" \
+        --bind 127.0.0.1 --port-min "$1" --port-max "$2" --threads "$RELAY_THREADS" \
+        --a-ip "$A_IP" --b-ip "$B_IP" --base-port "$BASE_PORT" --per-side "$PER_SIDE" \
+        --max-s "$(( BUDGET_S + 60 ))" --stats "$SCRATCH/softswitch.counters" \
+        >"$SCRATCH/relay_host.log" 2>&1 </dev/null &
+    pid=$!
+    track_pid "$pid"
+    wait_file "$f" "$pid" 60 || { cat "$SCRATCH/relay_host.log" >&2; die "relay_host did not create its sessions"; }
+    PID[softswitch]=$pid; FILE[softswitch]=$f; PREFIX[softswitch]=media-fwd-
+    log "softswitch relay (relay_host pid $pid, threads: $(ls "/proc/$pid/task" | wc -l), ports $1-$2) holds $MAXS sessions"
+}
+
+start_rtpengine() { # PORT_LO PORT_HI
+    local f="$SCRATCH/rtpengine.sessions" i pid
     # shellcheck disable=SC2086
     "${NICE_CMD[@]}" "${RELAY_PIN[@]}" rtpengine --config-file=none --table=-1 --interface=127.0.0.1 \
         --listen-ng="127.0.0.1:$NG_PORT" --foreground --log-stderr --log-level=4 \
-        --port-min="$PORT_MIN" --port-max="$PORT_MAX" --timeout=600 --silent-timeout=600 \
+        --port-min="$1" --port-max="$2" --timeout=600 --silent-timeout=600 \
         --pidfile="$SCRATCH/rtpengine.pid" ${RTPENGINE_ARGS:-} >"$SCRATCH/rtpengine.log" 2>&1 </dev/null &
-    local pid=$!
+    pid=$!
     track_pid "$pid"
     for i in $(seq 50); do
         "$BENCH_BIN/ng_client" --server "127.0.0.1:$NG_PORT" ping 2>/dev/null && break
@@ -203,18 +205,40 @@ run_rtpengine() {
     "$BENCH_BIN/ng_client" --server "127.0.0.1:$NG_PORT" sessions --n "$MAXS" --out "$f" \
         --a-ip "$A_IP" --b-ip "$B_IP" --base-port "$BASE_PORT" --per-side "$PER_SIDE" \
         || die "rtpengine session setup failed"
-    log "rtpengine pid $pid ($(rtpengine --version 2>&1 | awk '{print $2}'), threads: $(ls "/proc/$pid/task" | wc -l)) holds $MAXS sessions"
-    run_levels rtpengine "$pid" "$f"
-    stop_tracked "$pid"
+    PID[rtpengine]=$pid; FILE[rtpengine]=$f; PREFIX[rtpengine]=""
+    log "rtpengine pid $pid ($(rtpengine --version 2>&1 | awk '{print $2}'), threads: $(ls "/proc/$pid/task" | wc -l), ports $1-$2) holds $MAXS sessions"
 }
 
+idx=0
 for sys in $SYSTEMS; do
     case "$sys" in
-        softswitch) run_softswitch ;;
-        rtpengine) run_rtpengine ;;
+        softswitch) start_softswitch $(range_of "$idx") ;;
+        rtpengine) start_rtpengine $(range_of "$idx") ;;
         *) die "unknown system $sys" ;;
     esac
+    idx=$(( idx + 1 ))
 done
+
+ACTIVE="$SYSTEMS"
+for n in $LEVELS; do
+    [[ -z "${ACTIVE// /}" ]] && break
+    still=""
+    for sys in $ACTIVE; do
+        if ! budget_allows $(( WARMUP_S + MEASURE_S + 2 )); then
+            NOTE[$sys]="time budget reached before $n sessions"; log "$sys: ${NOTE[$sys]}"; continue
+        fi
+        run_level "$sys" "$n"
+        sleep 1   # let a backlog of this level drain before the next run
+        if (( LIMITED[$sys] >= 2 )); then
+            log "$sys: two saturated levels in a row; its ladder stops"
+        else
+            still="$still $sys"
+        fi
+    done
+    ACTIVE="$still"
+done
+[[ -n "${PID[softswitch]:-}" ]] && log "softswitch relay counters: $(cat "$SCRATCH/softswitch.counters" 2>/dev/null)"
+for sys in $SYSTEMS; do stop_tracked "${PID[$sys]}"; done
 
 ratio() { # A B -> A / B, or n/a
     if fcmp "${2:-0} > 0" && fcmp "${1:-0} > 0"; then calc %.2f "$1 / $2"; else echo "n/a"; fi
