@@ -1,5 +1,5 @@
 # Entry points: `make run` (one node on the embedded defaults), `make test` (everything),
-# `make bench` (side-by-side benchmarks against Kamailio). Each installs the Debian
+# `make bench` (side-by-side benchmarks against Kamailio and rtpengine). Each installs the Debian
 # packages it needs when they are missing.
 
 SHELL := /bin/bash
@@ -14,7 +14,7 @@ export SWITCHCTL_BIN := $(BIN)/switchctl
 
 BUILD_PKGS := librocksdb-dev libjemalloc-dev libclang-dev pkg-config gcc
 TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps
-BENCH_PKGS := sip-tester kamailio procps time iproute2
+BENCH_PKGS := sip-tester kamailio procps time iproute2 rtpengine-daemon util-linux
 # The DPDK relay backend (cargo feature `dpdk`): only its test, lint and bench need it.
 DPDK_PKGS := dpdk-dev libdpdk-dev
 
@@ -74,6 +74,8 @@ test: lint unit dpdk e2e
 bench: build deps-bench deps-dpdk
 	cargo build --release -p bench
 	bench/run.sh
+	@echo "# media relay: udp backend vs rtpengine (user space), relayed pps per core; goal >= 3 x"
+	bench/rtp.sh
 	@echo "# raft: 3 members in one process, QUIC mTLS on loopback, synced RocksDB logs"
 	$(BIN)/raft_commit
 	@echo "# catch-up: a 4th member (learner) on 1 000 000 bindings, by snapshot; goal <= 10 s"

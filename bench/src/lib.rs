@@ -1,6 +1,9 @@
 //! Benchmarks live in the shell drivers next to this crate (`make bench`); this crate holds
 //! the Rust helpers its bins share: a consensus cluster of this process's members over
-//! QUIC with mutual TLS on loopback, applying the node's own replicated state.
+//! QUIC with mutual TLS on loopback, applying the node's own replicated state; and the
+//! pieces of the media relay benchmark ([`rtp`]).
+
+pub mod rtp;
 
 use consensus::net::{ClusterCa, NodeIdentity, QuicClient, QuicServer};
 use consensus::{Config, Consensus, Member};
