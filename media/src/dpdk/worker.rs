@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -585,18 +585,13 @@ impl Worker {
     /// Reports due session events.
     fn scan(&mut self, now: Instant) {
         for slot in self.slots.iter_mut().flatten() {
-            while let Some(event) = slot.session.poll_event(now) {
-                let ev = RelayEvent {
-                    session: slot.id,
-                    event,
-                };
-                match self.p.events.try_send(ev) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                        self.p.counters.events_lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            crate::udp::report_events(
+                slot.id,
+                &mut slot.session,
+                now,
+                &self.p.events,
+                &self.p.counters.events_lost,
+            );
         }
     }
 }

@@ -31,7 +31,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,6 +62,22 @@ pub struct RelayEvent {
     pub session: SessionId,
     /// What happened.
     pub event: SessionEvent,
+}
+
+/// Hands the due events of `session` to its owner; when the owner's queue is full (or
+/// gone) they are counted in `lost` instead, since a forwarding thread never waits.
+pub(crate) fn report_events(
+    id: SessionId,
+    session: &mut Session,
+    now: Instant,
+    events: &SyncSender<RelayEvent>,
+    lost: &std::sync::atomic::AtomicU64,
+) {
+    while let Some(event) = session.poll_event(now) {
+        if events.try_send(RelayEvent { session: id, event }).is_err() {
+            lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Relay settings.

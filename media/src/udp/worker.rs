@@ -9,7 +9,7 @@ use std::io;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -340,18 +340,13 @@ impl Worker {
             if slot.dirty {
                 slot.publish();
             }
-            while let Some(event) = slot.session.poll_event(now) {
-                let ev = RelayEvent {
-                    session: slot.id,
-                    event,
-                };
-                match self.p.events.try_send(ev) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                        self.p.counters.events_lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            super::report_events(
+                slot.id,
+                &mut slot.session,
+                now,
+                &self.p.events,
+                &self.p.counters.events_lost,
+            );
         }
     }
 }
