@@ -262,10 +262,15 @@ impl Call {
     }
 
     fn caller_hangs_up(&self) {
+        self.caller_hangs_up_with(2);
+    }
+
+    /// The caller's BYE with CSeq `cseq` (above any re-INVITE's), answered by the callee.
+    fn caller_hangs_up_with(&self, cseq: u32) {
         let to = header(&self.ok, &["To", "t"]).unwrap_or_default();
         let bye = format!(
             "BYE sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n",
             node = self.node.addr,
             me = self.caller.sip_addr(),
             br = token("bye"),
@@ -423,4 +428,147 @@ fn a_side_that_stops_sending_ends_the_call_with_a_media_timeout() {
     assert_eq!(cdr["hangup_cause"], "media_timeout", "{cdr}");
     assert_eq!(cdr["disposition"], "ANSWERED", "{cdr}");
     assert_eq!(cdr["media"]["caller"]["packets"], 1, "{cdr}");
+}
+
+impl Call {
+    /// Sends an in-dialog re-INVITE from the caller with `offer`, has the callee answer
+    /// `answer_sdp`, ACKs it, and returns (the re-INVITE as the callee got it, the 200
+    /// as the caller got it).
+    fn caller_reinvites(&self, cseq: u32, offer: &str, answer_sdp: &str) -> (String, String) {
+        let to = header(&self.ok, &["To", "t"]).unwrap_or_default();
+        let from = header(&self.invite, &["From"]).unwrap_or_default();
+        let cid = header(&self.invite, &["Call-ID"]).unwrap_or_default();
+        let head = format!(
+            "INVITE sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} INVITE\r\n\
+             Contact: <sip:{CALLER}@{me}>\r\n",
+            node = self.node.addr,
+            me = self.caller.sip_addr(),
+            br = token("reinv"),
+        );
+        self.caller.send(self.node.addr, &with_body(head, offer));
+        let (b_reinvite, b_from) =
+            self.callee
+                .expect(Duration::from_secs(5), "re-INVITE at the callee", |m| {
+                    m.starts_with("INVITE ")
+                });
+        let ok = answer(
+            &b_reinvite,
+            200,
+            "OK",
+            &self.callee_tag,
+            self.callee.sip_addr(),
+            answer_sdp,
+        );
+        // The re-INVITE's To already has the callee's tag: answer with it as is.
+        let ok = ok.replacen(&format!(";tag={}", self.callee_tag), "", 1);
+        self.callee.send(b_from, &ok);
+        let (a_ok, _) = self
+            .caller
+            .expect(Duration::from_secs(5), "200 to the re-INVITE", |m| {
+                status_code(m) == Some(200) && m.contains(&format!("{cseq} INVITE"))
+            });
+        let ack = format!(
+            "ACK sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+            node = self.node.addr,
+            me = self.caller.sip_addr(),
+            br = token("ack"),
+        );
+        self.caller.send(self.node.addr, &ack);
+        self.callee
+            .expect(Duration::from_secs(5), "ACK of the re-INVITE", |m| {
+                m.starts_with("ACK ")
+            });
+        (b_reinvite, a_ok)
+    }
+}
+
+/// True when some line of `msg`'s SDP is exactly `line`.
+fn sdp_has(msg: &str, line: &str) -> bool {
+    msg.lines().any(|l| l.trim() == line)
+}
+
+#[test]
+fn hold_stops_the_rtp_timeout_and_a_resume_to_a_new_address_is_relayed_there() {
+    let call = answered_call("127.0.0.1", "[media]\nrtp_timeout_secs = 1\n");
+    let (to_relay_a, to_relay_b) = call.relay_ports();
+    call.caller
+        .rtp
+        .send_to(&rtp(0, 0xA, 1), to_relay_a)
+        .unwrap();
+    call.callee
+        .rtp
+        .send_to(&rtp(0, 0xB, 2), to_relay_b)
+        .unwrap();
+    assert_eq!(receive(&call.callee.rtp, 1).len(), 1);
+    assert_eq!(receive(&call.caller.rtp, 1).len(), 1);
+
+    // Hold: the caller goes sendonly, the callee answers recvonly. The direction crosses
+    // the relay unchanged and the relay ports stay the same.
+    let hold = sdp("127.0.0.1", call.caller.rtp_port()).replace("a=sendrecv", "a=sendonly");
+    let held = sdp("127.0.0.1", call.callee.rtp_port()).replace("a=sendrecv", "a=recvonly");
+    let (b_hold, a_held) = call.caller_reinvites(2, &hold, &held);
+    assert!(sdp_has(&b_hold, "a=sendonly"), "{b_hold}");
+    assert_eq!(
+        media_of(&b_hold),
+        ("127.0.0.1".to_string(), to_relay_b.port()),
+        "{b_hold}"
+    );
+    assert!(sdp_has(&a_held, "a=recvonly"), "{a_held}");
+    assert_eq!(media_of(&a_held).1, to_relay_a.port(), "{a_held}");
+
+    // Silence on hold for more than the RTP timeout: nobody is hung up.
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let mut buf = vec![0u8; 65_536];
+    while Instant::now() < deadline {
+        for phone in [&call.caller, &call.callee] {
+            if let Ok((n, _)) = phone.sip.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]);
+                assert!(!m.starts_with("BYE "), "a held call was hung up:\n{m}");
+            }
+        }
+    }
+
+    // Resume from a new RTP socket with another codec: the callee is offered it through
+    // the same relay port, and the callee's audio now reaches the new socket only.
+    let moved = UdpSocket::bind("127.0.0.1:0").unwrap();
+    moved
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let resume = sdp("127.0.0.1", moved.local_addr().unwrap().port())
+        .replace("RTP/AVP 0 101", "RTP/AVP 8 101")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000");
+    let (b_resume, a_resumed) =
+        call.caller_reinvites(3, &resume, &sdp("127.0.0.1", call.callee.rtp_port()));
+    assert!(sdp_has(&b_resume, "a=rtpmap:8 PCMA/8000"), "{b_resume}");
+    assert!(sdp_has(&b_resume, "a=sendrecv"), "{b_resume}");
+    assert_eq!(media_of(&b_resume).1, to_relay_b.port(), "{b_resume}");
+    assert_eq!(media_of(&a_resumed).1, to_relay_a.port(), "{a_resumed}");
+    for i in 1..=10u16 {
+        moved.send_to(&rtp(i, 0xA, 3), to_relay_a).unwrap();
+        call.callee
+            .rtp
+            .send_to(&rtp(i, 0xB, 4), to_relay_b)
+            .unwrap();
+    }
+    let at_callee = receive(&call.callee.rtp, 10);
+    assert_eq!(at_callee.len(), 10, "the moved caller's audio is relayed");
+    assert!(at_callee
+        .iter()
+        .all(|(p, _)| p[12..].iter().all(|b| *b == 3)));
+    let at_moved = receive(&moved, 10);
+    assert_eq!(at_moved.len(), 10, "the callee's audio follows the caller");
+    // One short look (the RTP timeout of 1 s runs again now that the call is resumed).
+    let mut one = [0u8; 2048];
+    assert!(
+        call.caller.rtp.recv_from(&mut one).is_err(),
+        "nothing goes to the caller's old address"
+    );
+
+    call.caller_hangs_up_with(4);
+    let cdr = call.cdr();
+    assert_eq!(cdr["disposition"], "ANSWERED", "{cdr}");
+    assert_eq!(cdr["media"]["caller"]["packets"], 11, "{cdr}");
+    assert_eq!(cdr["media"]["callee"]["packets"], 11, "{cdr}");
 }
