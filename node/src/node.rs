@@ -388,6 +388,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     if let Backing::Cluster { member, .. } = &backing {
         core.follow_cluster(member.watch());
     }
+    let relay_stats = relay.clone();
     if let Some(relay) = relay {
         core.anchor_media(relay);
     }
@@ -421,11 +422,25 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let line: Vec<String> = stats
+            let mut line: Vec<String> = stats
                 .snapshot()
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
+            if let Some(r) = &relay_stats {
+                let c = r.counters();
+                line.push(format!(
+                    "media_sessions={} media_forwarded={} media_dropped={} media_send_failed={} \
+                     media_truncated={} media_events_lost={} media_port_pairs_free={}",
+                    c.sessions,
+                    c.forwarded,
+                    c.dropped,
+                    c.send_failed,
+                    c.truncated,
+                    c.events_lost,
+                    r.ports_available()
+                ));
+            }
             tracing::info!("counters {}", line.join(" "));
         }
     });
