@@ -631,7 +631,11 @@ impl Core {
                 }
             }
             if handled > 0 {
-                continue; // more may have arrived meanwhile: look before sleeping
+                // More may have arrived meanwhile: look again before sleeping, but let
+                // the tasks sharing this thread (TCP connections, cluster writes) run
+                // first, or a steady load would starve them.
+                tokio::task::yield_now().await;
+                continue;
             }
             let deadline = self.next_deadline(Instant::now());
             let udp_ready = async {
