@@ -21,10 +21,14 @@ pub struct ClusterPersist<C: RpcClient> {
     consensus: Arc<Consensus<ReplicatedState, C>>,
     done: mpsc::UnboundedSender<Completion>,
     in_flight: Arc<AtomicUsize>,
+    /// Where proposals run: the runtime that made this, not the core's own thread, so
+    /// that encoding and handing over entries happens beside the core, not on it.
+    runtime: tokio::runtime::Handle,
 }
 
 impl<C: RpcClient> ClusterPersist<C> {
-    /// Proposes through `consensus`; outcomes go to `done`.
+    /// Proposes through `consensus` on the current runtime; outcomes go to `done`.
+    /// Must be called from within a Tokio runtime.
     pub fn new(
         consensus: Arc<Consensus<ReplicatedState, C>>,
         done: mpsc::UnboundedSender<Completion>,
@@ -33,6 +37,7 @@ impl<C: RpcClient> ClusterPersist<C> {
             consensus,
             done,
             in_flight: Arc::default(),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 }
@@ -52,7 +57,7 @@ impl<C: RpcClient> Persist for ClusterPersist<C> {
             self.done.clone(),
             self.in_flight.clone(),
         );
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let result = consensus
                 .propose(cmd)
                 .await
