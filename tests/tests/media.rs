@@ -265,18 +265,25 @@ impl Call {
         self.caller_hangs_up_with(2);
     }
 
-    /// The caller's BYE with CSeq `cseq` (above any re-INVITE's), answered by the callee.
-    fn caller_hangs_up_with(&self, cseq: u32) {
-        let to = header(&self.ok, &["To", "t"]).unwrap_or_default();
-        let bye = format!(
-            "BYE sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} BYE\r\nContent-Length: 0\r\n\r\n",
+    /// A request of the caller's dialog (BYE, ACK, re-INVITE), `body` as SDP if any.
+    fn caller_request(&self, method: &str, cseq: u32, body: &str) -> String {
+        let head = format!(
+            "{method} sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
+             Contact: <sip:{CALLER}@{me}>\r\n",
             node = self.node.addr,
             me = self.caller.sip_addr(),
-            br = token("bye"),
+            br = token(&method.to_ascii_lowercase()),
             from = header(&self.invite, &["From"]).unwrap_or_default(),
+            to = header(&self.ok, &["To", "t"]).unwrap_or_default(),
             cid = header(&self.invite, &["Call-ID"]).unwrap_or_default(),
         );
+        with_body(head, body)
+    }
+
+    /// The caller's BYE with CSeq `cseq` (above any re-INVITE's), answered by the callee.
+    fn caller_hangs_up_with(&self, cseq: u32) {
+        let bye = self.caller_request("BYE", cseq, "");
         self.caller.send(self.node.addr, &bye);
         let (b_bye, from) = self
             .callee
@@ -435,18 +442,8 @@ impl Call {
     /// `answer_sdp`, ACKs it, and returns (the re-INVITE as the callee got it, the 200
     /// as the caller got it).
     fn caller_reinvites(&self, cseq: u32, offer: &str, answer_sdp: &str) -> (String, String) {
-        let to = header(&self.ok, &["To", "t"]).unwrap_or_default();
-        let from = header(&self.invite, &["From"]).unwrap_or_default();
-        let cid = header(&self.invite, &["Call-ID"]).unwrap_or_default();
-        let head = format!(
-            "INVITE sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} INVITE\r\n\
-             Contact: <sip:{CALLER}@{me}>\r\n",
-            node = self.node.addr,
-            me = self.caller.sip_addr(),
-            br = token("reinv"),
-        );
-        self.caller.send(self.node.addr, &with_body(head, offer));
+        self.caller
+            .send(self.node.addr, &self.caller_request("INVITE", cseq, offer));
         let (b_reinvite, b_from) =
             self.callee
                 .expect(Duration::from_secs(5), "re-INVITE at the callee", |m| {
@@ -468,13 +465,7 @@ impl Call {
             .expect(Duration::from_secs(5), "200 to the re-INVITE", |m| {
                 status_code(m) == Some(200) && m.contains(&format!("{cseq} INVITE"))
             });
-        let ack = format!(
-            "ACK sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
-            node = self.node.addr,
-            me = self.caller.sip_addr(),
-            br = token("ack"),
-        );
+        let ack = self.caller_request("ACK", cseq, "");
         self.caller.send(self.node.addr, &ack);
         self.callee
             .expect(Duration::from_secs(5), "ACK of the re-INVITE", |m| {
