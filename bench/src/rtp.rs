@@ -214,6 +214,35 @@ pub fn threads_cpu_s(pid: u32, prefix: &str) -> Option<f64> {
     Some(ticks as f64 / clk_tck())
 }
 
+/// Per CPU from `/proc/stat`: `(busy seconds, softirq seconds)` so far, CPU 0 first.
+/// Busy is user + system + irq + softirq + steal: a CPU's whole work, whoever it was for
+/// (the in-kernel fast path runs in softirqs), except processes at nice > 0 ("nice"):
+/// background builds run there, while the relays and the blaster run at nice <= 0.
+pub fn cpus_busy_s() -> Vec<(f64, f64)> {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    let tck = clk_tck();
+    s.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            // cpuN user nice system idle iowait irq softirq steal ...
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            let total: u64 = f.iter().sum();
+            let idle = f.get(1).copied().unwrap_or(0)
+                + f.get(3).copied().unwrap_or(0)
+                + f.get(4).copied().unwrap_or(0);
+            let softirq = f.get(6).copied().unwrap_or(0);
+            ((total - idle) as f64 / tck, softirq as f64 / tck)
+        })
+        .collect()
+}
+
 /// CPU seconds used so far by this process.
 pub fn self_cpu_s() -> f64 {
     // SAFETY: getrusage fills the zeroed struct.
