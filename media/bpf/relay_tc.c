@@ -100,7 +100,8 @@ int relay_ingress(struct __sk_buff *skb)
 	__u16 tot_len = bpf_ntohs(ip->tot_len);
 
 	__sync_fetch_and_add(&v->packets, 1);
-	__sync_fetch_and_add(&v->bytes, skb->len - ETH_HLEN);
+	// UDP payload bytes, as user space counts them
+	__sync_fetch_and_add(&v->bytes, skb->len - (ETH_HLEN + sizeof(*ip) + sizeof(*udp)));
 	v->last_ns = bpf_ktime_get_ns();
 
 	// The UDP checksum covers the addresses through the pseudo header; a zero one

@@ -85,7 +85,7 @@ pub struct Stream {
 pub struct StreamCounters {
     /// Datagrams forwarded.
     pub packets: u64,
-    /// IP bytes forwarded.
+    /// UDP payload bytes forwarded.
     pub bytes: u64,
     /// `CLOCK_MONOTONIC` nanoseconds of the last one (0: none yet); compare with
     /// [`monotonic_ns`].
@@ -261,6 +261,31 @@ impl StreamMap {
     }
 }
 
+/// Where the relay's fast path runs (`RelayConfig::kernel_forwarding`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelForwarding {
+    /// Interface whose ingress the classifier is attached to and that forwarded
+    /// datagrams leave from (`lo` for peers on this host).
+    pub interface: String,
+    /// The classifier: a BPF object, or its C source (`.c`, compiled with clang at start).
+    pub program: PathBuf,
+}
+
+impl KernelForwarding {
+    /// Attaches the program (compiling it first when given as C source).
+    pub fn attach(&self) -> io::Result<TcProgram> {
+        if self.program.extension().is_some_and(|e| e == "c") {
+            let obj = std::env::temp_dir().join(format!("relay_tc-{}.o", std::process::id()));
+            compile_program(&self.program, &obj)?;
+            let attached = TcProgram::attach(&self.interface, &obj);
+            let _ = std::fs::remove_file(&obj);
+            attached
+        } else {
+            TcProgram::attach(&self.interface, &self.program)
+        }
+    }
+}
+
 /// Compiles the classifier `source` to the BPF object `out` with clang (needed at run
 /// time only where the fast path is used, so that building the crate never needs clang).
 pub fn compile_program(source: &Path, out: &Path) -> io::Result<()> {
@@ -296,6 +321,8 @@ fn tc(args: &[&str]) -> io::Result<()> {
 #[derive(Debug)]
 pub struct TcProgram {
     dev: String,
+    /// The interface's index.
+    pub ifindex: u32,
     added_qdisc: bool,
     /// The pinned map the program uses.
     pub map: StreamMap,
@@ -334,6 +361,7 @@ impl TcProgram {
         let map = StreamMap::open(&PathBuf::from(PINNED_MAP)).map_err(detach_on_error)?;
         Ok(TcProgram {
             dev: dev.to_owned(),
+            ifindex: ifindex(dev)?,
             added_qdisc: !had_clsact,
             map,
         })
@@ -342,7 +370,9 @@ impl TcProgram {
 
 impl Drop for TcProgram {
     fn drop(&mut self) {
-        let _ = tc(&["filter", "del", "dev", &self.dev, "ingress", "pref", TC_PREF]);
+        let _ = tc(&[
+            "filter", "del", "dev", &self.dev, "ingress", "pref", TC_PREF,
+        ]);
         if self.added_qdisc {
             let _ = tc(&["qdisc", "del", "dev", &self.dev, "clsact"]);
         }

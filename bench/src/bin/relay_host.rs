@@ -154,7 +154,9 @@ fn main() -> anyhow::Result<()> {
                     ifindex,
                 },
             ] {
-                fast.map.install(&st).context("installing a kernel stream")?;
+                fast.map
+                    .install(&st)
+                    .context("installing a kernel stream")?;
                 streams.push(st.relay_in);
             }
         }

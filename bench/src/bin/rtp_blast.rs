@@ -26,8 +26,8 @@
 
 use anyhow::{bail, Context};
 use bench::rtp::{
-    check_packet, cpus_busy_s, process_cpu_s, raise_nofile, read_sessions, self_cpu_s, threads_cpu_s,
-    write_packet, PACKET_LEN, SSRC_BASE,
+    check_packet, cpus_busy_s, process_cpu_s, raise_nofile, read_sessions, self_cpu_s,
+    threads_cpu_s, write_packet, PACKET_LEN, SSRC_BASE,
 };
 use std::collections::HashMap;
 use std::io;
@@ -495,10 +495,7 @@ fn main() -> anyhow::Result<()> {
         _ => -1.0,
     };
     let relay_pct = match a.account_cpu {
-        Some(n) => pct(
-            cpu0.cpus.get(n).map(|c| c.0),
-            cpu1.cpus.get(n).map(|c| c.0),
-        ),
+        Some(n) => pct(cpu0.cpus.get(n).map(|c| c.0), cpu1.cpus.get(n).map(|c| c.0)),
         None => pct(cpu0.relay, cpu1.relay),
     };
     let softirq: Vec<String> = cpu0
