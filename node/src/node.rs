@@ -261,6 +261,14 @@ fn start_relay(
             // Without SO_REUSEPORT a port another process (another node on the same host)
             // holds is skipped, instead of that process getting half of the traffic.
             reuse_port: false,
+            kernel_forwarding: m
+                .kernel_program
+                .as_ref()
+                .filter(|_| m.kernel_forwarding)
+                .map(|program| media::kernel::KernelForwarding {
+                    interface: m.kernel_interface.clone(),
+                    program: program.clone(),
+                }),
             ..RelayConfig::default()
         })
         .context("cannot start the media relay")?
