@@ -14,13 +14,15 @@
 //! stdout, then relays until killed (or `max-s` seconds), writing the relay's counters
 //! to `--stats FILE` every second.
 //!
-//! With `--kernel`, the in-kernel fast path (`media::kernel`) is attached to `dev`'s
-//! ingress and both directions of every session are installed in its map with the
-//! known peers as latched sources, so the relay's sockets see none of the load; the
-//! kernel's packets are added to `forwarded` in the stats file (every 5 s).
+//! With `--kernel OBJ` (a BPF object or `media/bpf/relay_tc.c`), the relay runs with
+//! its in-kernel fast path (`RelayConfig::kernel_forwarding`) on `dev`'s ingress: each
+//! session's first packets latch in user space, then its RTP goes through the kernel;
+//! the kernel's packets (as of the forwarding thread's last scan, once a second) are
+//! added to `forwarded` in the stats file.
 
 use anyhow::{bail, Context};
 use bench::rtp::{endpoints, raise_nofile, write_sessions, SessionLine};
+use media::kernel::KernelForwarding;
 use media::ports::PortRange;
 use media::session::PeerMedia;
 use media::udp::{Relay, RelayConfig};
@@ -109,18 +111,13 @@ fn main() -> anyhow::Result<()> {
         },
         threads: a.threads,
         max_sessions: a.sessions,
+        kernel_forwarding: a.kernel.clone().map(|program| KernelForwarding {
+            interface: a.dev.clone(),
+            program,
+        }),
         ..RelayConfig::default()
     };
     let relay = Relay::start(config).context("starting the relay")?;
-    let fast = match &a.kernel {
-        Some(obj) => Some(
-            media::kernel::TcProgram::attach(&a.dev, obj)
-                .with_context(|| format!("attaching {} to {}", obj.display(), a.dev))?,
-        ),
-        None => None,
-    };
-    let ifindex = media::kernel::ifindex(&a.dev).with_context(|| a.dev.clone())?;
-    let mut streams = Vec::new();
     let per_side = a.per_side.unwrap_or(a.sessions);
     let mut lines = Vec::with_capacity(a.sessions);
     for i in 0..a.sessions {
@@ -128,38 +125,6 @@ fn main() -> anyhow::Result<()> {
         let s = relay
             .create_session(peer(pa), peer(pb))
             .with_context(|| format!("creating session {i}"))?;
-        if let Some(fast) = &fast {
-            let v4 = |at: SocketAddr| match at {
-                SocketAddr::V4(v) => Ok(v),
-                SocketAddr::V6(_) => bail!("the kernel fast path is IPv4 only ({at})"),
-            };
-            let (ra, rb) = (
-                v4(SocketAddr::new(s.addr, s.a.rtp))?,
-                v4(SocketAddr::new(s.addr, s.b.rtp))?,
-            );
-            let (pa, pb) = (v4(pa)?, v4(pb)?);
-            for st in [
-                media::kernel::Stream {
-                    relay_in: ra,
-                    source: pa,
-                    relay_out: rb,
-                    dest: pb,
-                    ifindex,
-                },
-                media::kernel::Stream {
-                    relay_in: rb,
-                    source: pb,
-                    relay_out: ra,
-                    dest: pa,
-                    ifindex,
-                },
-            ] {
-                fast.map
-                    .install(&st)
-                    .context("installing a kernel stream")?;
-                streams.push(st.relay_in);
-            }
-        }
         lines.push(SessionLine {
             a: pa,
             b: pb,
@@ -171,27 +136,15 @@ fn main() -> anyhow::Result<()> {
     println!("ready sessions={} pid={}", a.sessions, std::process::id());
     std::io::stdout().flush()?;
     let end = Instant::now() + Duration::from_secs(a.max_s);
-    let mut kernel_fwd = 0u64;
-    let mut tick = 0u64;
     while Instant::now() < end {
         std::thread::sleep(Duration::from_secs(1));
-        tick += 1;
         if let Some(path) = &a.stats {
-            // Reading every stream's counters costs CPU 0 time too: not every second.
-            if let (Some(fast), 0) = (&fast, tick % 5) {
-                kernel_fwd = 0;
-                for at in &streams {
-                    if let Some(k) = fast.map.counters(*at)? {
-                        kernel_fwd += k.packets;
-                    }
-                }
-            }
             let c = relay.counters();
             let text = format!(
                 "sessions={} forwarded={} kernel_forwarded={} dropped={} send_failed={} truncated={}\n",
                 c.sessions,
-                c.forwarded + kernel_fwd,
-                kernel_fwd,
+                c.forwarded + c.kernel_forwarded,
+                c.kernel_forwarded,
                 c.dropped,
                 c.send_failed,
                 c.truncated
