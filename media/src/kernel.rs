@@ -78,7 +78,13 @@ pub struct Stream {
     pub dest: SocketAddrV4,
     /// Interface index to send from (on `lo`, the datagram loops back).
     pub ifindex: u32,
+    /// Route it (`bpf_fib_lookup`) and rebuild its Ethernet header for the next hop
+    /// (`bpf_redirect_neigh`): on any interface but a loopback one.
+    pub neigh: bool,
 }
+
+/// `FLAG_NEIGH` of `relay_tc.c`.
+const FLAG_NEIGH: u16 = 1;
 
 /// What the kernel forwarded of one stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -193,6 +199,7 @@ impl StreamMap {
             out_daddr: u32::from_ne_bytes(s.dest.ip().octets()),
             out_dport: s.dest.port().to_be(),
             ifindex: s.ifindex,
+            flags: if s.neigh { FLAG_NEIGH } else { 0 },
             ..Value::default()
         };
         // flags 0 = BPF_ANY: create or replace
@@ -323,6 +330,8 @@ pub struct TcProgram {
     dev: String,
     /// The interface's index.
     pub ifindex: u32,
+    /// It is a loopback interface: forwarded datagrams need no next hop.
+    pub loopback: bool,
     added_qdisc: bool,
     /// The pinned map the program uses.
     pub map: StreamMap,
@@ -362,6 +371,8 @@ impl TcProgram {
         Ok(TcProgram {
             dev: dev.to_owned(),
             ifindex: ifindex(dev)?,
+            loopback: std::fs::read_to_string(format!("/sys/class/net/{dev}/type"))
+                .is_ok_and(|t| t.trim() == "772"), // ARPHRD_LOOPBACK
             added_qdisc: !had_clsact,
             map,
         })

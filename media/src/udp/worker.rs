@@ -421,6 +421,7 @@ fn kernel_install(k: &KernelPath, counters: &Counters, slot: &mut Slot) {
             relay_out: std::net::SocketAddrV4::new(k.local, slot.pairs[1 - i].rtp),
             dest,
             ifindex: k.ifindex,
+            neigh: !k.program.loopback,
         };
         match k.program.map.install(&stream) {
             Ok(()) => {
