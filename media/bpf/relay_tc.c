@@ -51,8 +51,8 @@ struct stream_val {
 	__u64 last_ns;
 };
 
-// Redirect with bpf_redirect_neigh after a FIB lookup rather than as is (real NICs,
-// where the Ethernet header must be rebuilt); `lo` needs neither.
+// Redirect with bpf_redirect_neigh (route + next hop's Ethernet header) rather than as
+// is: every interface but `lo`.
 #define FLAG_NEIGH 1
 
 struct {
@@ -96,13 +96,6 @@ int relay_ingress(struct __sk_buff *skb)
 	__u16 new_sport = v->out_sport, new_dport = v->out_dport;
 	__u32 ifindex = v->ifindex;
 	__u16 flags = v->flags;
-	// read before the stores below, which invalidate packet pointers
-	__u16 tot_len = bpf_ntohs(ip->tot_len);
-
-	__sync_fetch_and_add(&v->packets, 1);
-	// UDP payload bytes, as user space counts them
-	__sync_fetch_and_add(&v->bytes, skb->len - (ETH_HLEN + sizeof(*ip) + sizeof(*udp)));
-	v->last_ns = bpf_ktime_get_ns();
 
 	// The UDP checksum covers the addresses through the pseudo header; a zero one
 	// (none) must stay zero, hence MARK_MANGLED_0.
@@ -125,21 +118,16 @@ int relay_ingress(struct __sk_buff *skb)
 	if (bpf_skb_store_bytes(skb, UDP_SPORT_OFF, ports, sizeof(ports), 0) < 0)
 		return TC_ACT_SHOT;
 
-	if (flags & FLAG_NEIGH) {
-		struct bpf_fib_lookup fib = {
-			.family = 2, // AF_INET
-			.l4_protocol = IPPROTO_UDP,
-			.tot_len = tot_len,
-			.ifindex = ifindex,
-			.ipv4_src = new_saddr,
-			.ipv4_dst = new_daddr,
-		};
-		long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-			return TC_ACT_SHOT;
-		struct bpf_redir_neigh nh = { .nh_family = 2, .ipv4_nh = fib.ipv4_dst };
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-	}
+	__sync_fetch_and_add(&v->packets, 1);
+	// UDP payload bytes, as user space counts them
+	__sync_fetch_and_add(&v->bytes, skb->len - (ETH_HLEN + sizeof(*ip) + sizeof(*udp)));
+	v->last_ns = bpf_ktime_get_ns();
+
+	// Off a real NIC the Ethernet header must be rebuilt for the next hop: without
+	// next-hop parameters bpf_redirect_neigh routes the rewritten packet out of
+	// ifindex itself (bpf_fib_lookup would first need IP forwarding on the interface).
+	if (flags & FLAG_NEIGH)
+		return bpf_redirect_neigh(ifindex, 0, 0, 0);
 	return bpf_redirect(ifindex, 0);
 }
 
