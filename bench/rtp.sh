@@ -46,9 +46,9 @@
 #   RTPENGINE_ARGS (extra daemon options), BUDGET_S (240, whole script), BENCH_BIN (dir of
 #   relay_host/rtp_blast/ng_client: $CARGO_TARGET_DIR/release), KEEP_SCRATCH=1,
 #   QUICK=1 (smoke run: levels 100 300, 1 s + 2 s),
-#   KERNEL=1: our relay with the in-kernel fast path (media::kernel: media/bpf/relay_tc.c,
-#   compiled here with clang, attached to lo's TC ingress by relay_host --kernel; both
-#   directions of every session installed with the known peers as latched sources),
+#   KERNEL=1: our relay with the in-kernel fast path (RelayConfig::kernel_forwarding:
+#   media/bpf/relay_tc.c, compiled here with clang, attached to lo's TC ingress; each
+#   session's first packets latch in user space, then its RTP goes through the kernel),
 #   ACCOUNT=cpu0: the relay's CPU is CPU 0's whole busy time (/proc/stat), with all of lo's
 #   receive processing steered to CPU 0 by RPS (rx-0/rps_cpus = 1, restored on exit). The
 #   fast path forwards in the softirq of whoever sends, so the relay process's own CPU
