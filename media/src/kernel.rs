@@ -24,9 +24,9 @@ const TC_PREF: &str = "4917";
 // bpf(2) commands (linux/bpf.h).
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 
 /// Key of the map: the relay's address and port a stream arrives at (network order).
 #[repr(C)]
@@ -230,11 +230,21 @@ impl StreamMap {
         }
     }
 
-    /// Removes the stream arriving at `relay_in`; its last counters, if it was installed.
+    /// Removes the stream arriving at `relay_in`; its last counters, if it was installed
+    /// (read and deleted in one call, so nothing forwarded in between goes uncounted).
     pub fn remove(&self, relay_in: SocketAddrV4) -> io::Result<Option<StreamCounters>> {
-        let last = self.counters(relay_in)?;
-        match self.elem(BPF_MAP_DELETE_ELEM, &key_of(relay_in), 0, 0) {
-            Ok(()) => Ok(last),
+        let mut v = Value::default();
+        match self.elem(
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &key_of(relay_in),
+            &mut v as *mut Value as u64,
+            0,
+        ) {
+            Ok(()) => Ok(Some(StreamCounters {
+                packets: v.packets,
+                bytes: v.bytes,
+                last_ns: v.last_ns,
+            })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }

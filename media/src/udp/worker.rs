@@ -476,8 +476,7 @@ fn fold_counters(
     true
 }
 
-/// Takes the slot's streams out of the kernel, adding their last counts (datagrams the
-/// kernel forwards between the read and the delete are not counted).
+/// Takes the slot's streams out of the kernel, adding their last counts.
 fn kernel_remove(k: &KernelPath, counters: &Counters, slot: &mut Slot) {
     let now = Instant::now();
     for side in [Side::A, Side::B] {
