@@ -18,16 +18,17 @@
 //! After `warmup` seconds, a `measure` second window: packets sent and relayed intact in
 //! the window, the relay's CPU (utime + stime of all threads of `--relay-pid` from
 //! `/proc`, and separately of its threads named `--threads-prefix*`) and the blaster's.
-//! With `--account-cpu N`, the relay's CPU is instead CPU N's whole busy time from
-//! `/proc/stat` (for a relay pinned to CPU N with receive processing steered there by
+//! With `--account-cpu N`, the relay's CPU is instead CPU N's whole busy time: the
+//! window minus CPU N's idle time from `/proc/stat` (exact on a tickless kernel) and its
+//! nice > 0 time (for a relay pinned to CPU N with receive processing steered there by
 //! RPS: it includes the softirq work an in-kernel fast path does); `softirq_pct` lists
-//! every CPU's softirq time in the window, to check where that work ran.
+//! every CPU's (tick-sampled) softirq time in the window, a hint of where that work ran.
 //! Prints one line of `key=value` pairs. Bounded: warm-up + window <= 120 s.
 
 use anyhow::{bail, Context};
 use bench::rtp::{
-    check_packet, cpus_busy_s, process_cpu_s, raise_nofile, read_sessions, self_cpu_s,
-    threads_cpu_s, write_packet, PACKET_LEN, SSRC_BASE,
+    check_packet, cpu_times, process_cpu_s, raise_nofile, read_sessions, self_cpu_s, threads_cpu_s,
+    write_packet, PACKET_LEN, SSRC_BASE,
 };
 use std::collections::HashMap;
 use std::io;
@@ -335,7 +336,7 @@ struct Cpu {
     relay: Option<f64>,
     relay_threads: Option<f64>,
     me: f64,
-    cpus: Vec<(f64, f64)>,
+    cpus: Vec<bench::rtp::CpuTimes>,
 }
 
 fn cpu(a: &Args) -> Cpu {
@@ -346,7 +347,7 @@ fn cpu(a: &Args) -> Cpu {
             _ => None,
         },
         me: self_cpu_s(),
-        cpus: cpus_busy_s(),
+        cpus: cpu_times(),
     }
 }
 
@@ -495,14 +496,17 @@ fn main() -> anyhow::Result<()> {
         _ => -1.0,
     };
     let relay_pct = match a.account_cpu {
-        Some(n) => pct(cpu0.cpus.get(n).map(|c| c.0), cpu1.cpus.get(n).map(|c| c.0)),
+        Some(n) => match (cpu0.cpus.get(n), cpu1.cpus.get(n)) {
+            (Some(x0), Some(x1)) => 100.0 * x0.busy_s(x1, win) / win,
+            _ => -1.0,
+        },
         None => pct(cpu0.relay, cpu1.relay),
     };
     let softirq: Vec<String> = cpu0
         .cpus
         .iter()
         .zip(&cpu1.cpus)
-        .map(|(x0, x1)| format!("{:.1}", 100.0 * (x1.1 - x0.1) / win))
+        .map(|(x0, x1)| format!("{:.1}", 100.0 * (x1.softirq - x0.softirq) / win))
         .collect();
     let threads_pct = pct(cpu0.relay_threads, cpu1.relay_threads);
     let recv_pps = recv as f64 / win;
