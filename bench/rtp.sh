@@ -49,12 +49,13 @@
 #   KERNEL=1: our relay with the in-kernel fast path (RelayConfig::kernel_forwarding:
 #   media/bpf/relay_tc.c, compiled here with clang, attached to lo's TC ingress; each
 #   session's first packets latch in user space, then its RTP goes through the kernel),
-#   ACCOUNT=cpu0: the relay's CPU is CPU 0's whole busy time (/proc/stat), with all of lo's
+#   ACCOUNT=cpu0: the relay's CPU is CPU 0's whole busy time (window minus its exact idle
+#   and its nice > 0 time from /proc/stat, see rtp_blast), with all of lo's
 #   receive processing steered to CPU 0 by RPS (rx-0/rps_cpus = 1, restored on exit). The
 #   fast path forwards in the softirq of whoever sends, so the relay process's own CPU
 #   would be ~0 and meaningless; with RPS, receive + relay + loopback delivery of both
 #   systems land on CPU 0 (the relay's core), the blaster's sends on CPU 1. sirq% shows
-#   each CPU's softirq time to check that. Needs PIN=1 and 2+ cores; anything else running
+#   each CPU's (tick-sampled) softirq time as a hint of that. Needs PIN=1 and 2+ cores; anything else running
 #   on CPU 0 counts too (both systems alike, levels alternate).
 # Refuses to start if the ng port or the blaster's endpoint ports are taken. Stops only the
 # processes it started (by PID, start time checked), on any exit.
@@ -281,7 +282,7 @@ ratio() { # A B -> A / B, or n/a
 echo "# media relay: softswitch udp backend (bench relay_host, $RELAY_THREADS forwarding thread(s)) vs rtpengine $(rtpengine --version 2>&1 | awk '{print $2}') user space (--table=-1); $NPROC cores, $PIN_DESC, nice $NICE; ${WARMUP_S}s warm-up + ${MEASURE_S}s window per level"
 echo "# load: sessions x 2 directions x 50 pps of 172-byte G.711 RTP; endpoints: $( (( PER_SIDE >= MAXS )) && echo "two sockets per session" || echo "$PER_SIDE caller + $PER_SIDE callee socket(s) shared by the sessions") (relay side: 4 sockets per session for both systems)"
 if [[ "$ACCOUNT" == cpu0 ]]; then
-    echo "# ACCOUNT=cpu0: relay% = CPU 0's whole busy time (/proc/stat), lo's receive processing steered to CPU 0 by RPS; sirq% = softirq % per CPU (0,1,...)"
+    echo "# ACCOUNT=cpu0: relay% = CPU 0's whole busy time (window - idle - nice, /proc/stat), lo's receive processing steered to CPU 0 by RPS; sirq% = tick-sampled softirq % per CPU (0,1,...)"
 else
     echo "# relay% = CPU of the relay process, all threads, % of ONE core; fwd% = our media-fwd-* threads alone; blast% = the blaster; busy% = whole machine (max $(( NPROC * 100 )))"
 fi
