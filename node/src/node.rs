@@ -439,14 +439,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 let c = r.counters();
                 line.push(format!(
                     "media_sessions={} media_forwarded={} media_dropped={} media_send_failed={} \
-                     media_truncated={} media_events_lost={} media_port_pairs_free={}",
+                     media_truncated={} media_events_lost={} media_port_pairs_free={} \
+                     media_kernel_forwarded={}",
                     c.sessions,
                     c.forwarded,
                     c.dropped,
                     c.send_failed,
                     c.truncated,
                     c.events_lost,
-                    r.ports_available()
+                    r.ports_available(),
+                    c.kernel_forwarded
                 ));
             }
             tracing::info!("counters {}", line.join(" "));
