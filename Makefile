@@ -17,6 +17,8 @@ TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps
 BENCH_PKGS := sip-tester kamailio procps time iproute2 rtpengine-daemon util-linux
 # The DPDK relay backend (cargo feature `dpdk`): only its test, lint and bench need it.
 DPDK_PKGS := dpdk-dev libdpdk-dev
+# The relay's in-kernel fast path (TC BPF): its root test and KERNEL=1 bench compile it.
+KERNEL_PKGS := clang iproute2
 
 # Installs the named Debian packages that are not installed yet (apt-get update once).
 define apt_ensure
@@ -31,7 +33,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run build test unit e2e lint dpdk bench deps-build deps-test deps-bench deps-dpdk clean
+.PHONY: run build test unit e2e lint dpdk kernel bench deps-build deps-test deps-bench deps-dpdk deps-kernel clean
 
 deps-build:
 	$(call apt_ensure,$(BUILD_PKGS))
@@ -46,6 +48,9 @@ deps-bench: deps-build
 deps-dpdk: deps-build
 	$(call apt_ensure,$(DPDK_PKGS))
 
+deps-kernel: deps-build
+	$(call apt_ensure,$(KERNEL_PKGS))
+
 build: deps-build
 	cargo build --release -p node -p ops
 
@@ -55,7 +60,7 @@ run: build
 lint: deps-build deps-dpdk
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
-	cargo clippy --release -p media -p bench --features media/dpdk,bench/dpdk --all-targets -- -D warnings
+	cargo clippy --release -p media -p bench --features media/dpdk,bench/dpdk,media/kernel-fastpath --all-targets -- -D warnings
 
 unit: deps-build
 	cargo test --release --workspace --exclude tests
@@ -69,13 +74,20 @@ dpdk: deps-dpdk
 	cargo test --release -p media --features dpdk --test dpdk_veth
 	DPDK_VETH_VDEV=net_af_xdp0,iface=d0 cargo test --release -p media --features dpdk --test dpdk_veth
 
-test: lint unit dpdk e2e
+# The udp relay's in-kernel fast path on lo (root): TC classifier attached, both sides
+# latched, RTP relayed by the kernel, counters and RTP timeout, back to user space on update.
+kernel: deps-kernel
+	cargo test --release -p media --features kernel-fastpath --test kernel_fastpath
 
-bench: build deps-bench deps-dpdk
+test: lint unit dpdk kernel e2e
+
+bench: build deps-bench deps-dpdk deps-kernel
 	cargo build --release -p bench
 	bench/run.sh
 	@echo "# media relay: udp backend vs rtpengine (user space), relayed pps per core; goal >= 3 x"
 	bench/rtp.sh
+	@echo "# media relay with the in-kernel fast path vs rtpengine (user space), CPU 0 busy time per relayed packet (RPS on lo); goal >= 3 x"
+	KERNEL=1 ACCOUNT=cpu0 bench/rtp.sh
 	@echo "# raft: 3 members in one process, QUIC mTLS on loopback, synced RocksDB logs"
 	$(BIN)/raft_commit
 	@echo "# catch-up: a 4th member (learner) on 1 000 000 bindings, by snapshot; goal <= 10 s"

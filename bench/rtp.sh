@@ -45,7 +45,18 @@
 #   (20000), PORT_MIN (24000), PORT_MAX (63999), NG_PORT (22232), RELAY_THREADS (1),
 #   RTPENGINE_ARGS (extra daemon options), BUDGET_S (240, whole script), BENCH_BIN (dir of
 #   relay_host/rtp_blast/ng_client: $CARGO_TARGET_DIR/release), KEEP_SCRATCH=1,
-#   QUICK=1 (smoke run: levels 100 300, 1 s + 2 s).
+#   QUICK=1 (smoke run: levels 100 300, 1 s + 2 s),
+#   KERNEL=1: our relay with the in-kernel fast path (RelayConfig::kernel_forwarding:
+#   media/bpf/relay_tc.c, compiled here with clang, attached to lo's TC ingress; each
+#   session's first packets latch in user space, then its RTP goes through the kernel),
+#   ACCOUNT=cpu0: the relay's CPU is CPU 0's whole busy time (window minus its exact idle
+#   and its nice > 0 time from /proc/stat, see rtp_blast), with all of lo's
+#   receive processing steered to CPU 0 by RPS (rx-0/rps_cpus = 1, restored on exit). The
+#   fast path forwards in the softirq of whoever sends, so the relay process's own CPU
+#   would be ~0 and meaningless; with RPS, receive + relay + loopback delivery of both
+#   systems land on CPU 0 (the relay's core), the blaster's sends on CPU 1. sirq% shows
+#   each CPU's (tick-sampled) softirq time as a hint of that. Needs PIN=1 and 2+ cores; anything else running
+#   on CPU 0 counts too (both systems alike, levels alternate).
 # Refuses to start if the ng port or the blaster's endpoint ports are taken. Stops only the
 # processes it started (by PID, start time checked), on any exit.
 
@@ -69,6 +80,8 @@ PORT_MIN="${PORT_MIN:-24000}"
 PORT_MAX="${PORT_MAX:-63999}"
 NG_PORT="${NG_PORT:-22232}"
 RELAY_THREADS="${RELAY_THREADS:-1}"
+KERNEL="${KERNEL:-0}"
+ACCOUNT="${ACCOUNT:-process}"
 BUDGET_S="${BUDGET_S:-240}"
 REPO_DIR="$(cd "$BASE_DIR/.." && pwd)"
 BENCH_BIN="${BENCH_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release}"
@@ -88,6 +101,29 @@ for b in relay_host rtp_blast ng_client; do
     [[ -x "$BENCH_BIN/$b" ]] || die "$BENCH_BIN/$b not found (cargo build --release -p bench, or set BENCH_BIN)"
 done
 [[ " $SYSTEMS " == *" rtpengine "* ]] && need rtpengine
+ACCT_ARGS=()
+if [[ "$ACCOUNT" == cpu0 ]]; then
+    [[ "$PIN" == 1 && "$NPROC" -ge 2 ]] || die "ACCOUNT=cpu0 needs PIN=1 and 2+ cores"
+    RPS_FILE=/sys/class/net/lo/queues/rx-0/rps_cpus
+    RPS_OLD="$(<"$RPS_FILE")" || die "cannot read $RPS_FILE"
+    echo 1 >"$RPS_FILE" || die "cannot steer lo's receive processing to CPU 0 (root?)"
+    on_exit "echo $RPS_OLD >$RPS_FILE"
+    ACCT_ARGS=(--account-cpu 0)
+    log "ACCOUNT=cpu0: lo receive processing steered to CPU 0 (rps_cpus $RPS_OLD -> 1)"
+elif [[ "$ACCOUNT" != process ]]; then
+    die "ACCOUNT is process or cpu0"
+fi
+KERNEL_ARGS=()
+if [[ "$KERNEL" == 1 ]]; then
+    need clang; need tc
+    clang -O2 -g -target bpf -I "/usr/include/$(uname -m)-linux-gnu" \
+        -c "$REPO_DIR/media/bpf/relay_tc.c" -o "$SCRATCH/relay_tc.o" || die "compiling the BPF program"
+    KERNEL_ARGS=(--kernel "$SCRATCH/relay_tc.o" --dev lo)
+    # relay_host is stopped by a signal: remove its filter (our pref only), the clsact
+    # qdisc if it was not there before, and the pinned map
+    tc qdisc show dev lo | grep -q clsact && HAD_CLSACT=1 || HAD_CLSACT=0
+    on_exit "tc filter del dev lo ingress pref 4917 2>/dev/null; (( HAD_CLSACT )) || tc qdisc del dev lo clsact 2>/dev/null; rm -f /sys/fs/bpf/tc/globals/relay_streams"
+fi
 need taskset; need awk
 # 4 sockets per session on the relay side: raise the hard limit too where allowed
 ulimit -Hn 65536 2>/dev/null || true
@@ -121,7 +157,7 @@ run_level() {
     log "$sys: $n sessions = $(( n * 100 )) pps offered"
     s0="$(sys_cpu)"
     out="$("${NICE_CMD[@]}" "${BLAST_PIN[@]}" "$BENCH_BIN/rtp_blast" --sessions "${FILE[$sys]}" --n "$n" \
-        --warmup "$WARMUP_S" --measure "$MEASURE_S" --relay-pid "$pid" "${extra[@]}")" \
+        --warmup "$WARMUP_S" --measure "$MEASURE_S" --relay-pid "$pid" "${extra[@]}" "${ACCT_ARGS[@]}")" \
         || die "rtp_blast failed"
     s1="$(sys_cpu)"
     pid_alive_same "$pid" || die "$sys relay died (logs in $SCRATCH)"
@@ -135,10 +171,10 @@ run_level() {
     if fcmp "${R[loss_pct]} >= $LOSS_OK"; then ok=no; note="${note:+$note; }loss >= $LOSS_OK%"; fi
     if fcmp "${R[loss_pct]} <= -$LOSS_OK"; then ok=no; note="${note:+$note; }backlog: relayed > sent"; fi
     if (( R[bad] > 0 )); then ok=no; note="${note:+$note; }${R[bad]} damaged/misrouted"; fi
-    printf '%-10s %8s %8s %8s %8s %7s %6s %6s %6s %9s %5s %5s %4s %s\n' "$sys" "$n" "${R[offered_pps]}" \
+    printf '%-10s %8s %8s %8s %8s %7s %6s %6s %6s %9s %5s %5s %9s %4s %s\n' "$sys" "$n" "${R[offered_pps]}" \
         "${R[send_pps]}" "${R[recv_pps]}" "${R[loss_pct]}" "${R[relay_cpu_pct]}" \
         "$([[ -n "${PREFIX[$sys]:-}" ]] && echo "${R[relay_threads_cpu_pct]}" || echo -)" "${R[blaster_cpu_pct]}" \
-        "${R[pps_per_core]}" "${R[pkts_per_recvmmsg]}" "$(busy_pct "$s0" "$s1")" "$ok" "$note" | tee -a "$RES" >&2
+        "${R[pps_per_core]}" "${R[pkts_per_recvmmsg]}" "$(busy_pct "$s0" "$s1")" "${R[softirq_pct]}" "$ok" "$note" | tee -a "$RES" >&2
     # CPU per 1 000 calls: the relay's CPU at this level, scaled to 100 000 pps when the
     # blaster fell short of it (then noted with the rate it was taken at)
     if (( n == 1000 )) && fcmp "${R[recv_pps]} > 0"; then
@@ -178,7 +214,7 @@ start_softswitch() { # PORT_LO PORT_HI
     "${NICE_CMD[@]}" "${RELAY_PIN[@]}" "$BENCH_BIN/relay_host" --sessions "$MAXS" --out "$f" \
         --bind 127.0.0.1 --port-min "$1" --port-max "$2" --threads "$RELAY_THREADS" \
         --a-ip "$A_IP" --b-ip "$B_IP" --base-port "$BASE_PORT" --per-side "$PER_SIDE" \
-        --max-s "$(( BUDGET_S + 60 ))" --stats "$SCRATCH/softswitch.counters" \
+        --max-s "$(( BUDGET_S + 60 ))" --stats "$SCRATCH/softswitch.counters" "${KERNEL_ARGS[@]}" \
         >"$SCRATCH/relay_host.log" 2>&1 </dev/null &
     pid=$!
     track_pid "$pid"
@@ -245,10 +281,15 @@ ratio() { # A B -> A / B, or n/a
 }
 echo "# media relay: softswitch udp backend (bench relay_host, $RELAY_THREADS forwarding thread(s)) vs rtpengine $(rtpengine --version 2>&1 | awk '{print $2}') user space (--table=-1); $NPROC cores, $PIN_DESC, nice $NICE; ${WARMUP_S}s warm-up + ${MEASURE_S}s window per level"
 echo "# load: sessions x 2 directions x 50 pps of 172-byte G.711 RTP; endpoints: $( (( PER_SIDE >= MAXS )) && echo "two sockets per session" || echo "$PER_SIDE caller + $PER_SIDE callee socket(s) shared by the sessions") (relay side: 4 sockets per session for both systems)"
-echo "# relay% = CPU of the relay process, all threads, % of ONE core; fwd% = our media-fwd-* threads alone; blast% = the blaster; busy% = whole machine (max $(( NPROC * 100 )))"
+if [[ "$ACCOUNT" == cpu0 ]]; then
+    echo "# ACCOUNT=cpu0: relay% = CPU 0's whole busy time (window - idle - nice, /proc/stat), lo's receive processing steered to CPU 0 by RPS; sirq% = tick-sampled softirq % per CPU (0,1,...)"
+else
+    echo "# relay% = CPU of the relay process, all threads, % of ONE core; fwd% = our media-fwd-* threads alone; blast% = the blaster; busy% = whole machine (max $(( NPROC * 100 )))"
+fi
+(( KERNEL )) && echo "# KERNEL=1: our relay with the in-kernel fast path (TC ingress BPF on lo, media/bpf/relay_tc.c)"
 echo "# pps/core = relayed/s / relay CPU in cores; rx/call = packets per recvmmsg call of the blaster; ok = |sent - relayed| < ${LOSS_OK}% of sent, nothing damaged"
-printf '%-10s %8s %8s %8s %8s %7s %6s %6s %6s %9s %5s %5s %4s %s\n' \
-    system sessions offered sent/s relay/s loss% relay% fwd% blast% pps/core rx/c busy% ok note
+printf '%-10s %8s %8s %8s %8s %7s %6s %6s %6s %9s %5s %5s %9s %4s %s\n' \
+    system sessions offered sent/s relay/s loss% relay% fwd% blast% pps/core rx/c busy% sirq% ok note
 cat "$RES"
 for sys in $SYSTEMS; do
     [[ -n "${NOTE[$sys]:-}" ]] && echo "# $sys: ${NOTE[$sys]}"

@@ -214,6 +214,54 @@ pub fn threads_cpu_s(pid: u32, prefix: &str) -> Option<f64> {
     Some(ticks as f64 / clk_tck())
 }
 
+/// One CPU's times so far from `/proc/stat`, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// Idle + iowait. Measured at every idle entry and exit on a tickless kernel, so
+    /// exact, interrupts and softirqs excluded (unlike the other columns, which are
+    /// sampled at ticks and miss the short softirq bursts of a mostly idle CPU).
+    pub idle: f64,
+    /// Processes at nice > 0 (other sessions' builds; relays and blaster run at <= 0).
+    pub nice: f64,
+    /// Softirq (tick-sampled: only a hint of where the network work ran).
+    pub softirq: f64,
+}
+
+impl CpuTimes {
+    /// Busy seconds over a window of `wall` seconds from `self` to `later`: the wall
+    /// time minus idle and nice > 0 (whoever the work was for: the in-kernel fast path
+    /// runs in softirqs).
+    pub fn busy_s(&self, later: &CpuTimes, wall: f64) -> f64 {
+        (wall - (later.idle - self.idle) - (later.nice - self.nice)).max(0.0)
+    }
+}
+
+/// Every CPU's [`CpuTimes`], CPU 0 first.
+pub fn cpu_times() -> Vec<CpuTimes> {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    let tck = clk_tck();
+    s.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            // cpuN user nice system idle iowait irq softirq ...
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .take(7)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            let at = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / tck;
+            CpuTimes {
+                idle: at(3) + at(4),
+                nice: at(1),
+                softirq: at(6),
+            }
+        })
+        .collect()
+}
+
 /// CPU seconds used so far by this process.
 pub fn self_cpu_s() -> f64 {
     // SAFETY: getrusage fills the zeroed struct.

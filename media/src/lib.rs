@@ -13,6 +13,7 @@ pub mod codec;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod dtmf;
+pub mod kernel;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;

@@ -167,6 +167,8 @@ pub struct SideStats {
     pub latched_rtp: Option<SocketAddr>,
     /// The RTCP source the side is latched to.
     pub latched_rtcp: Option<SocketAddr>,
+    /// Of `forwarded_packets`, those the in-kernel fast path forwarded.
+    pub kernel_packets: u64,
 }
 
 /// Counters of both sides.
@@ -192,6 +194,7 @@ struct SideState {
     dropped_not_media: u64,
     dropped_wrong_source: u64,
     dropped_no_destination: u64,
+    kernel_packets: u64,
 }
 
 impl SideState {
@@ -209,6 +212,7 @@ impl SideState {
             dropped_not_media: 0,
             dropped_wrong_source: 0,
             dropped_no_destination: 0,
+            kernel_packets: 0,
         }
     }
 
@@ -233,6 +237,7 @@ impl SideState {
         }
         out.latched_rtp = self.latched_rtp;
         out.latched_rtcp = self.latched_rtcp;
+        out.kernel_packets = self.kernel_packets;
     }
 }
 
@@ -372,6 +377,41 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Where `side`'s RTP can be forwarded without user space: `(latched source,
+    /// destination)` once both sides are latched on RTP, neither holds, and both or
+    /// neither use rtcp-mux (so RTCP on the RTP port, which the kernel forwards
+    /// unexamined, goes where user space would send it too). IPv4 only.
+    pub fn kernel_route(
+        &self,
+        side: Side,
+    ) -> Option<(std::net::SocketAddrV4, std::net::SocketAddrV4)> {
+        if self.is_held() {
+            return None;
+        }
+        let (this, other) = (&self.sides[side.index()], &self.sides[side.other().index()]);
+        if this.peer.rtcp_mux != other.peer.rtcp_mux {
+            return None;
+        }
+        match (this.latched_rtp?, other.latched_rtp?) {
+            (SocketAddr::V4(from), SocketAddr::V4(to)) => Some((from, to)),
+            _ => None,
+        }
+    }
+
+    /// Accounts datagrams from `side` that the kernel forwarded on its own: counted as
+    /// forwarded (the receive statistics, loss and jitter, see only what user space
+    /// saw), and `last`, when the latest of them arrived, restarts the RTP timer.
+    pub fn on_kernel_forwarded(&mut self, side: Side, packets: u64, bytes: u64, last: Instant) {
+        let s = &mut self.sides[side.index()];
+        s.forwarded_packets += packets;
+        s.forwarded_bytes += bytes;
+        s.kernel_packets += packets;
+        if packets > 0 && last > s.last_rtp {
+            s.last_rtp = last;
+            s.timeout_reported = false;
+        }
     }
 
     /// The counters of both sides.

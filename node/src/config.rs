@@ -215,6 +215,15 @@ pub struct MediaSection {
     pub backend: MediaBackend,
     /// `[media.dpdk]`: the DPDK backend's device and address.
     pub dpdk: DpdkSection,
+    /// Forward latched, sendrecv RTP in the kernel (TC classifier, `media::kernel`;
+    /// default false). The `udp` backend only; needs root, `listen` a specific IPv4
+    /// address and `kernel_program`.
+    pub kernel_forwarding: bool,
+    /// Interface the classifier is attached to and forwards out of (default `lo`).
+    pub kernel_interface: String,
+    /// The classifier: a BPF object, or `media/bpf/relay_tc.c` itself (compiled with
+    /// clang at start); relative to the TOML file.
+    pub kernel_program: Option<PathBuf>,
 }
 
 /// `media.backend`
@@ -292,6 +301,9 @@ impl Default for MediaSection {
             threads: 1,
             backend: MediaBackend::Udp,
             dpdk: DpdkSection::default(),
+            kernel_forwarding: false,
+            kernel_interface: "lo".into(),
+            kernel_program: None,
         }
     }
 }
@@ -390,6 +402,11 @@ impl NodeConfig {
                     cfg.pbx.seed = Some(dir.join(seed));
                 }
             }
+            if let Some(p) = &cfg.media.kernel_program {
+                if p.is_relative() {
+                    cfg.media.kernel_program = Some(dir.join(p));
+                }
+            }
         }
         Ok(cfg)
     }
@@ -422,6 +439,26 @@ impl NodeConfig {
         }
         if m.threads == 0 || m.threads > 64 {
             return bad("media.threads", "must be 1..=64");
+        }
+        if m.kernel_forwarding && m.enabled {
+            if m.backend != MediaBackend::Udp {
+                return bad("media.kernel_forwarding", "needs media.backend = \"udp\"");
+            }
+            match m.listen {
+                std::net::IpAddr::V4(a) if !a.is_unspecified() => {}
+                _ => {
+                    return bad(
+                        "media.listen",
+                        "media.kernel_forwarding needs a specific IPv4 address",
+                    )
+                }
+            }
+            if m.kernel_program.is_none() {
+                return bad(
+                    "media.kernel_program",
+                    "required with media.kernel_forwarding (a BPF object or relay_tc.c)",
+                );
+            }
         }
         if m.backend == MediaBackend::Dpdk && m.enabled {
             if !cfg!(feature = "dpdk") {
@@ -630,6 +667,28 @@ mod tests {
         }
         // A disabled relay does not care which backend is named.
         NodeConfig::from_toml("[media]\nenabled = false\nbackend = \"dpdk\"\n").unwrap();
+    }
+
+    #[test]
+    fn kernel_forwarding_needs_an_ipv4_listen_address_and_a_program() {
+        let c = NodeConfig::from_toml("").unwrap();
+        assert!(!c.media.kernel_forwarding);
+        assert_eq!(c.media.kernel_interface, "lo");
+        let e = NodeConfig::from_toml("[media]\nkernel_forwarding = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("media.listen"), "{e}");
+        let e =
+            NodeConfig::from_toml("[media]\nkernel_forwarding = true\nlisten = \"127.0.0.1\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("media.kernel_program"), "{e}");
+        let c = NodeConfig::from_toml(
+            "[media]\nkernel_forwarding = true\nlisten = \"127.0.0.1\"\n\
+             kernel_program = \"/usr/lib/softswitch/relay_tc.o\"\nkernel_interface = \"eth0\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.media.kernel_interface, "eth0");
     }
 
     #[test]

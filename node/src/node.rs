@@ -261,6 +261,14 @@ fn start_relay(
             // Without SO_REUSEPORT a port another process (another node on the same host)
             // holds is skipped, instead of that process getting half of the traffic.
             reuse_port: false,
+            kernel_forwarding: m
+                .kernel_program
+                .as_ref()
+                .filter(|_| m.kernel_forwarding)
+                .map(|program| media::kernel::KernelForwarding {
+                    interface: m.kernel_interface.clone(),
+                    program: program.clone(),
+                }),
             ..RelayConfig::default()
         })
         .context("cannot start the media relay")?
@@ -508,14 +516,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 let c = r.counters();
                 line.push(format!(
                     "media_sessions={} media_forwarded={} media_dropped={} media_send_failed={} \
-                     media_truncated={} media_events_lost={} media_port_pairs_free={}",
+                     media_truncated={} media_events_lost={} media_port_pairs_free={} \
+                     media_kernel_forwarded={}",
                     c.sessions,
                     c.forwarded,
                     c.dropped,
                     c.send_failed,
                     c.truncated,
                     c.events_lost,
-                    r.ports_available()
+                    r.ports_available(),
+                    c.kernel_forwarded
                 ));
             }
             tracing::info!("counters {}", line.join(" "));

@@ -2,7 +2,8 @@
 //!
 //! `relay_host --sessions N --out FILE [--bind 127.0.0.1] [--port-min 30000]
 //!             [--port-max 49999] [--threads 1] [--a-ip 127.0.0.2] [--b-ip 127.0.0.3]
-//!             [--base-port 20000] [--per-side M] [--max-s 600] [--stats FILE]`
+//!             [--base-port 20000] [--per-side M] [--max-s 600] [--stats FILE]
+//!             [--kernel BPF_OBJECT [--dev lo]]`
 //!
 //! Starts the relay with its default configuration except the bind address, a port range
 //! wide enough for N sessions, `max_sessions = N` and `threads`; creates N sessions
@@ -12,9 +13,16 @@
 //! the blaster reads (`bench::rtp::SessionLine` per line). Prints `ready sessions=N` on
 //! stdout, then relays until killed (or `max-s` seconds), writing the relay's counters
 //! to `--stats FILE` every second.
+//!
+//! With `--kernel OBJ` (a BPF object or `media/bpf/relay_tc.c`), the relay runs with
+//! its in-kernel fast path (`RelayConfig::kernel_forwarding`) on `dev`'s ingress: each
+//! session's first packets latch in user space, then its RTP goes through the kernel;
+//! the kernel's packets (as of the forwarding thread's last scan, once a second) are
+//! added to `forwarded` in the stats file.
 
 use anyhow::{bail, Context};
 use bench::rtp::{endpoints, raise_nofile, write_sessions, SessionLine};
+use media::kernel::KernelForwarding;
 use media::ports::PortRange;
 use media::session::PeerMedia;
 use media::udp::{Relay, RelayConfig};
@@ -36,6 +44,8 @@ struct Args {
     per_side: Option<usize>,
     max_s: u64,
     stats: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    dev: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -52,6 +62,8 @@ fn parse_args() -> anyhow::Result<Args> {
         per_side: None,
         max_s: 600,
         stats: None,
+        kernel: None,
+        dev: "lo".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -69,6 +81,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--per-side" => a.per_side = Some(v()?.parse()?),
             "--max-s" => a.max_s = v()?.parse()?,
             "--stats" => a.stats = Some(PathBuf::from(v()?)),
+            "--kernel" => a.kernel = Some(PathBuf::from(v()?)),
+            "--dev" => a.dev = v()?,
             _ => bail!("unknown argument {k} (see the doc comment of relay_host.rs)"),
         }
     }
@@ -97,6 +111,10 @@ fn main() -> anyhow::Result<()> {
         },
         threads: a.threads,
         max_sessions: a.sessions,
+        kernel_forwarding: a.kernel.clone().map(|program| KernelForwarding {
+            interface: a.dev.clone(),
+            program,
+        }),
         ..RelayConfig::default()
     };
     let relay = Relay::start(config).context("starting the relay")?;
@@ -123,8 +141,13 @@ fn main() -> anyhow::Result<()> {
         if let Some(path) = &a.stats {
             let c = relay.counters();
             let text = format!(
-                "sessions={} forwarded={} dropped={} send_failed={} truncated={}\n",
-                c.sessions, c.forwarded, c.dropped, c.send_failed, c.truncated
+                "sessions={} forwarded={} kernel_forwarded={} dropped={} send_failed={} truncated={}\n",
+                c.sessions,
+                c.forwarded + c.kernel_forwarded,
+                c.kernel_forwarded,
+                c.dropped,
+                c.send_failed,
+                c.truncated
             );
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         }

@@ -1,7 +1,7 @@
 //! Paced G.711 RTP through relay sessions, counting what comes back intact.
 //!
 //! `rtp_blast --sessions FILE --n N [--warmup 2] [--measure 6] [--pps 50]
-//!            [--relay-pid PID [--threads-prefix media-fwd-]]`
+//!            [--relay-pid PID [--threads-prefix media-fwd-]] [--account-cpu N]`
 //!
 //! FILE holds one session per line, `a b relay_for_a relay_for_b` (socket addresses, see
 //! `bench::rtp::SessionLine`); the first N are driven. Every distinct peer address of the
@@ -18,11 +18,16 @@
 //! After `warmup` seconds, a `measure` second window: packets sent and relayed intact in
 //! the window, the relay's CPU (utime + stime of all threads of `--relay-pid` from
 //! `/proc`, and separately of its threads named `--threads-prefix*`) and the blaster's.
+//! With `--account-cpu N`, the relay's CPU is instead CPU N's whole busy time: the
+//! window minus CPU N's idle time from `/proc/stat` (exact on a tickless kernel) and its
+//! nice > 0 time (for a relay pinned to CPU N with receive processing steered there by
+//! RPS: it includes the softirq work an in-kernel fast path does); `softirq_pct` lists
+//! every CPU's (tick-sampled) softirq time in the window, a hint of where that work ran.
 //! Prints one line of `key=value` pairs. Bounded: warm-up + window <= 120 s.
 
 use anyhow::{bail, Context};
 use bench::rtp::{
-    check_packet, process_cpu_s, raise_nofile, read_sessions, self_cpu_s, threads_cpu_s,
+    check_packet, cpu_times, process_cpu_s, raise_nofile, read_sessions, self_cpu_s, threads_cpu_s,
     write_packet, PACKET_LEN, SSRC_BASE,
 };
 use std::collections::HashMap;
@@ -56,6 +61,7 @@ struct Args {
     pps: u32,
     relay_pid: Option<u32>,
     threads_prefix: Option<String>,
+    account_cpu: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -67,6 +73,7 @@ fn parse_args() -> anyhow::Result<Args> {
         pps: 50,
         relay_pid: None,
         threads_prefix: None,
+        account_cpu: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -79,6 +86,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--pps" => a.pps = v()?.parse()?,
             "--relay-pid" => a.relay_pid = Some(v()?.parse()?),
             "--threads-prefix" => a.threads_prefix = Some(v()?),
+            "--account-cpu" => a.account_cpu = Some(v()?.parse()?),
             _ => bail!("unknown argument {k} (see the doc comment of rtp_blast.rs)"),
         }
     }
@@ -328,6 +336,7 @@ struct Cpu {
     relay: Option<f64>,
     relay_threads: Option<f64>,
     me: f64,
+    cpus: Vec<bench::rtp::CpuTimes>,
 }
 
 fn cpu(a: &Args) -> Cpu {
@@ -338,6 +347,7 @@ fn cpu(a: &Args) -> Cpu {
             _ => None,
         },
         me: self_cpu_s(),
+        cpus: cpu_times(),
     }
 }
 
@@ -485,7 +495,19 @@ fn main() -> anyhow::Result<()> {
         (Some(x0), Some(x1)) => 100.0 * (x1 - x0) / win,
         _ => -1.0,
     };
-    let relay_pct = pct(cpu0.relay, cpu1.relay);
+    let relay_pct = match a.account_cpu {
+        Some(n) => match (cpu0.cpus.get(n), cpu1.cpus.get(n)) {
+            (Some(x0), Some(x1)) => 100.0 * x0.busy_s(x1, win) / win,
+            _ => -1.0,
+        },
+        None => pct(cpu0.relay, cpu1.relay),
+    };
+    let softirq: Vec<String> = cpu0
+        .cpus
+        .iter()
+        .zip(&cpu1.cpus)
+        .map(|(x0, x1)| format!("{:.1}", 100.0 * (x1.softirq - x0.softirq) / win))
+        .collect();
     let threads_pct = pct(cpu0.relay_threads, cpu1.relay_threads);
     let recv_pps = recv as f64 / win;
     let offered = b.streams.len() as u64 * u64::from(a.pps);
@@ -495,7 +517,7 @@ fn main() -> anyhow::Result<()> {
          send_pps={:.0} recv_pps={:.0} loss_pct={:.3} bad={} out_of_seq={} \
          relay_cpu_pct={:.1} relay_threads_cpu_pct={:.1} pps_per_core={:.0} \
          blaster_cpu_pct={:.1} pkts_per_recvmmsg={:.2} pkts_per_sendmmsg={:.2} \
-         late_slots={} skipped_slots={} send_err={}",
+         late_slots={} skipped_slots={} send_err={} softirq_pct={}",
         a.n,
         b.streams.len(),
         b.socks.len(),
@@ -525,6 +547,7 @@ fn main() -> anyhow::Result<()> {
         c1.late_slots - c0.late_slots,
         c1.skipped_slots - c0.skipped_slots,
         c1.send_err - c0.send_err,
+        softirq.join(","),
     );
     drop(epoll);
     Ok(())

@@ -600,6 +600,7 @@ impl DpdkRelay {
             send_failed: d.send_failed,
             truncated: d.truncated,
             events_lost: d.events_lost,
+            kernel_forwarded: 0,
         }
     }
 

@@ -99,6 +99,11 @@ pub struct RelayConfig {
     pub spare_pairs: usize,
     /// Set `SO_REUSEPORT` on media sockets.
     pub reuse_port: bool,
+    /// The in-kernel fast path (default off): once a session has both sides latched
+    /// and neither holds, its RTP streams are forwarded by a TC classifier and never
+    /// reach the sockets (see [`crate::kernel`]). Needs root and `bind` a specific
+    /// IPv4 address.
+    pub kernel_forwarding: Option<crate::kernel::KernelForwarding>,
 }
 
 impl Default for RelayConfig {
@@ -112,6 +117,7 @@ impl Default for RelayConfig {
             event_queue: 4096,
             spare_pairs: 64,
             reuse_port: true,
+            kernel_forwarding: None,
         }
     }
 }
@@ -170,6 +176,9 @@ pub struct RelayCounters {
     pub truncated: u64,
     /// Events lost because the event queue was full.
     pub events_lost: u64,
+    /// Datagrams the in-kernel fast path forwarded (as of the threads' last scan; not
+    /// in `forwarded`).
+    pub kernel_forwarded: u64,
 }
 
 /// How many pairs to try when binding fails on ports held by other processes.
@@ -337,6 +346,23 @@ impl Relay {
         let scan_every =
             (config.rtp_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let threads = config.threads.max(1);
+        let kernel = match &config.kernel_forwarding {
+            None => None,
+            Some(k) => {
+                let IpAddr::V4(local) = config.bind else {
+                    return Err(kernel_needs_v4());
+                };
+                if local.is_unspecified() {
+                    return Err(kernel_needs_v4());
+                }
+                let program = Arc::new(k.attach()?);
+                Some(Arc::new(worker::KernelPath {
+                    ifindex: program.ifindex,
+                    program,
+                    local,
+                }))
+            }
+        };
         let spares = Arc::new(Spares {
             ready: Mutex::new(VecDeque::new()),
             taken: Condvar::new(),
@@ -359,6 +385,7 @@ impl Relay {
             stop: stop.clone(),
             counters: counters.clone(),
             config,
+            _kernel: kernel.clone(),
         };
         for i in 0..threads {
             // SAFETY: plain syscalls; results checked before use.
@@ -385,6 +412,7 @@ impl Relay {
                 counters: counters.clone(),
                 ports: ports.clone(),
                 scan_every,
+                kernel: kernel.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-fwd-{i}"))
@@ -417,6 +445,15 @@ pub struct RelayHandle {
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
     config: RelayConfig,
+    /// Detaches the classifier when the last forwarding thread has let go of it too.
+    _kernel: Option<Arc<worker::KernelPath>>,
+}
+
+fn kernel_needs_v4() -> RelayError {
+    RelayError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "kernel forwarding needs the relay bound to a specific IPv4 address",
+    ))
 }
 
 impl RelayHandle {
@@ -537,6 +574,7 @@ impl RelayHandle {
             send_failed: c.send_failed.load(Ordering::Relaxed),
             truncated: c.truncated.load(Ordering::Relaxed),
             events_lost: c.events_lost.load(Ordering::Relaxed),
+            kernel_forwarded: c.kernel_forwarded.load(Ordering::Relaxed),
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::batch::{RecvBufs, SendQueue};
 use super::{RelayEvent, SessionId};
+use crate::kernel::{monotonic_ns, Stream, StreamCounters, TcProgram};
 use crate::ports::{PortAllocator, PortPair};
 use crate::session::{Channel, Decision, PeerMedia, Session, SessionStats, Side};
 
@@ -69,6 +70,24 @@ pub struct Counters {
     pub truncated: AtomicU64,
     pub events_lost: AtomicU64,
     pub register_failed: AtomicU64,
+    pub kernel_forwarded: AtomicU64,
+    pub kernel_failed: AtomicU64,
+}
+
+/// The in-kernel fast path as the forwarding threads use it.
+#[derive(Debug)]
+pub struct KernelPath {
+    pub program: Arc<TcProgram>,
+    pub ifindex: u32,
+    /// The relay's address: the streams' keys and forwarded datagrams' source.
+    pub local: std::net::Ipv4Addr,
+}
+
+/// One side's RTP stream while the kernel forwards it.
+struct KernelStream {
+    relay_in: std::net::SocketAddrV4,
+    /// The kernel's counters as already added to the session.
+    seen: StreamCounters,
 }
 
 struct Slot {
@@ -79,6 +98,10 @@ struct Slot {
     published: Arc<StatsCell>,
     /// Counters changed since the last successful publish.
     dirty: bool,
+    /// Per side (A, B): its RTP stream while in the kernel.
+    kernel: [Option<KernelStream>; 2],
+    /// The kernel refused a stream: stay in user space until the next update.
+    kernel_refused: bool,
 }
 
 impl Slot {
@@ -138,6 +161,7 @@ pub struct WorkerParts {
     pub counters: Arc<Counters>,
     pub ports: Arc<Mutex<PortAllocator>>,
     pub scan_every: Duration,
+    pub kernel: Option<Arc<KernelPath>>,
 }
 
 /// Runs the forwarding loop until `stop` is set.
@@ -226,10 +250,18 @@ impl Worker {
                         pairs,
                         published,
                         dirty: false,
+                        kernel: [None, None],
+                        kernel_refused: false,
                     },
                 ),
                 Command::Update { id, side, peer } => {
+                    let (kernel, counters) = (self.p.kernel.clone(), self.p.counters.clone());
                     if let Some(s) = self.slot_mut(id) {
+                        // Both streams: this side's source and the other's destination
+                        // may change; they go back once both sides latched again.
+                        if let Some(k) = &kernel {
+                            kernel_remove(k, &counters, s);
+                        }
                         s.session.update(side, peer, Instant::now());
                         s.publish();
                     }
@@ -239,7 +271,10 @@ impl Worker {
                         continue;
                     };
                     self.free.push(i);
-                    if let Some(slot) = self.slots[i].take() {
+                    if let Some(mut slot) = self.slots[i].take() {
+                        if let Some(k) = &self.p.kernel {
+                            kernel_remove(k, &self.p.counters, &mut slot);
+                        }
                         let pairs = slot.pairs;
                         // Dropping the slot closes its sockets (which leaves epoll)
                         // before the ports can be handed out again.
@@ -327,6 +362,9 @@ impl Worker {
                 break;
             }
         }
+        if let (Some(k), Channel::Rtp) = (&self.p.kernel, channel) {
+            kernel_install(k, &self.p.counters, slot);
+        }
         let c = &self.p.counters;
         c.forwarded.fetch_add(forwarded, Ordering::Relaxed);
         c.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -337,6 +375,9 @@ impl Worker {
     /// Reports due session events.
     fn scan(&mut self, now: Instant) {
         for slot in self.slots.iter_mut().flatten() {
+            if let Some(k) = &self.p.kernel {
+                kernel_fold(k, &self.p.counters, slot, now);
+            }
             if slot.dirty {
                 slot.publish();
             }
@@ -349,4 +390,103 @@ impl Worker {
             );
         }
     }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+/// Hands the slot's RTP streams that can go to the kernel to it (after a batch from
+/// one of its sides: that is when a side latches).
+fn kernel_install(k: &KernelPath, counters: &Counters, slot: &mut Slot) {
+    if slot.kernel_refused {
+        return;
+    }
+    for side in [Side::A, Side::B] {
+        let i = side_index(side);
+        if slot.kernel[i].is_some() {
+            continue;
+        }
+        let Some((source, dest)) = slot.session.kernel_route(side) else {
+            continue;
+        };
+        let relay_in = std::net::SocketAddrV4::new(k.local, slot.pairs[i].rtp);
+        let stream = Stream {
+            relay_in,
+            source,
+            // It leaves from the other side's RTP port, as user space sends it.
+            relay_out: std::net::SocketAddrV4::new(k.local, slot.pairs[1 - i].rtp),
+            dest,
+            ifindex: k.ifindex,
+            neigh: !k.program.loopback,
+        };
+        match k.program.map.install(&stream) {
+            Ok(()) => {
+                slot.kernel[i] = Some(KernelStream {
+                    relay_in,
+                    seen: StreamCounters::default(),
+                })
+            }
+            Err(_) => {
+                counters.kernel_failed.fetch_add(1, Ordering::Relaxed);
+                slot.kernel_refused = true;
+                return;
+            }
+        }
+    }
+}
+
+/// Adds what the kernel forwarded since the last fold to the session (at each scan, so
+/// the RTP timeout sees the kernel's last-seen times).
+fn kernel_fold(k: &KernelPath, counters: &Counters, slot: &mut Slot, now: Instant) {
+    for side in [Side::A, Side::B] {
+        let Some(ks) = &mut slot.kernel[side_index(side)] else {
+            continue;
+        };
+        let Ok(Some(c)) = k.program.map.counters(ks.relay_in) else {
+            continue;
+        };
+        slot.dirty |= fold_counters(counters, &mut slot.session, side, ks, c, now);
+    }
+}
+
+fn fold_counters(
+    counters: &Counters,
+    session: &mut Session,
+    side: Side,
+    ks: &mut KernelStream,
+    c: StreamCounters,
+    now: Instant,
+) -> bool {
+    let packets = c.packets.saturating_sub(ks.seen.packets);
+    if packets == 0 {
+        return false;
+    }
+    let bytes = c.bytes.saturating_sub(ks.seen.bytes);
+    let ago = Duration::from_nanos(monotonic_ns().saturating_sub(c.last_ns));
+    let last = now.checked_sub(ago).unwrap_or(now);
+    session.on_kernel_forwarded(side, packets, bytes, last);
+    counters
+        .kernel_forwarded
+        .fetch_add(packets, Ordering::Relaxed);
+    ks.seen = c;
+    true
+}
+
+/// Takes the slot's streams out of the kernel, adding their last counts.
+fn kernel_remove(k: &KernelPath, counters: &Counters, slot: &mut Slot) {
+    let now = Instant::now();
+    for side in [Side::A, Side::B] {
+        let Some(mut ks) = slot.kernel[side_index(side)].take() else {
+            continue;
+        };
+        if let Ok(Some(c)) = k.program.map.remove(ks.relay_in) {
+            fold_counters(counters, &mut slot.session, side, &mut ks, c, now);
+            slot.dirty = true;
+        }
+    }
+    slot.kernel_refused = false;
 }
