@@ -18,7 +18,7 @@ BENCH_PKGS := sip-tester kamailio procps time iproute2 rtpengine-daemon util-lin
 # The DPDK relay backend (cargo feature `dpdk`): only its test, lint and bench need it.
 DPDK_PKGS := dpdk-dev libdpdk-dev
 # The relay's in-kernel fast path (TC BPF): its root test and KERNEL=1 bench compile it.
-KERNEL_PKGS := clang iproute2
+KERNEL_PKGS := clang libbpf-dev iproute2
 
 # Installs the named Debian packages that are not installed yet (apt-get update once).
 define apt_ensure
