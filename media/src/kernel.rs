@@ -213,33 +213,19 @@ impl StreamMap {
 
     /// The counters of the stream arriving at `relay_in`, if installed.
     pub fn counters(&self, relay_in: SocketAddrV4) -> io::Result<Option<StreamCounters>> {
-        let mut v = Value::default();
-        match self.elem(
-            BPF_MAP_LOOKUP_ELEM,
-            &key_of(relay_in),
-            &mut v as *mut Value as u64,
-            0,
-        ) {
-            Ok(()) => Ok(Some(StreamCounters {
-                packets: v.packets,
-                bytes: v.bytes,
-                last_ns: v.last_ns,
-            })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.read(BPF_MAP_LOOKUP_ELEM, relay_in)
     }
 
     /// Removes the stream arriving at `relay_in`; its last counters, if it was installed
     /// (read and deleted in one call, so nothing forwarded in between goes uncounted).
     pub fn remove(&self, relay_in: SocketAddrV4) -> io::Result<Option<StreamCounters>> {
+        self.read(BPF_MAP_LOOKUP_AND_DELETE_ELEM, relay_in)
+    }
+
+    /// Runs the lookup command `cmd` on the stream arriving at `relay_in`.
+    fn read(&self, cmd: i64, relay_in: SocketAddrV4) -> io::Result<Option<StreamCounters>> {
         let mut v = Value::default();
-        match self.elem(
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            &key_of(relay_in),
-            &mut v as *mut Value as u64,
-            0,
-        ) {
+        match self.elem(cmd, &key_of(relay_in), &mut v as *mut Value as u64, 0) {
             Ok(()) => Ok(Some(StreamCounters {
                 packets: v.packets,
                 bytes: v.bytes,

@@ -5,36 +5,17 @@
 //! RTP timeout quiet, and hand the streams back to user space on an update.
 //! It attaches to `lo`: one such relay per host at a time (not during `KERNEL=1` benches).
 
+mod common;
+use common::{phone, rtp};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use media::kernel::{KernelForwarding, StreamMap, PINNED_MAP};
 use media::ports::PortRange;
-use media::rtp::{RtpHeader, RtpPacket};
+use media::rtp::RtpPacket;
 use media::session::{PeerMedia, SessionEvent, Side};
 use media::udp::{Relay, RelayConfig};
-
-fn phone() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s
-}
-
-fn rtp(seq: u16, ssrc: u32) -> Vec<u8> {
-    let payload: Vec<u8> = (0..160).map(|i| (i as u16 + seq) as u8).collect();
-    let mut buf = vec![0u8; 172];
-    RtpHeader {
-        marker: seq == 0,
-        payload_type: 0,
-        sequence: seq,
-        timestamp: u32::from(seq) * 160,
-        ssrc,
-    }
-    .write(&payload, &mut buf)
-    .unwrap();
-    buf
-}
 
 fn peer(at: SocketAddr) -> PeerMedia {
     PeerMedia {
