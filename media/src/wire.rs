@@ -437,18 +437,23 @@ mod tests {
         assert_eq!(ipv4_checksum(&h), 0xb861);
     }
 
+    /// The rewrite that relays a datagram out of the relay's B port toward `dst`.
+    fn to_b(dst: SocketAddrV4) -> Rewrite {
+        Rewrite {
+            src_mac: R_MAC,
+            dst_mac: B_MAC,
+            src: sa("10.0.0.1:10002"),
+            dst,
+        }
+    }
+
     #[test]
     fn rewriting_moves_addresses_and_keeps_checksums_valid() {
         for len in [0usize, 1, 160, 171, 1000] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let mut f = frame(&payload);
             let Inbound::Udp(u) = parse(&f) else { panic!() };
-            let r = Rewrite {
-                src_mac: R_MAC,
-                dst_mac: B_MAC,
-                src: sa("10.0.0.1:10002"),
-                dst: sa("192.168.7.9:6000"),
-            };
+            let r = to_b(sa("192.168.7.9:6000"));
             rewrite_udp(&mut f, &u, &r);
             let Inbound::Udp(v) = parse(&f) else { panic!() };
             assert_eq!((v.src, v.dst), (r.src, r.dst));
@@ -467,12 +472,7 @@ mod tests {
         let mut f = frame(b"x");
         let Inbound::Udp(u) = parse(&f) else { panic!() };
         f[u.udp_at + 6..u.udp_at + 8].fill(0);
-        let r = Rewrite {
-            src_mac: R_MAC,
-            dst_mac: B_MAC,
-            src: sa("10.0.0.1:10002"),
-            dst: sa("10.0.0.3:5000"),
-        };
+        let r = to_b(sa("10.0.0.3:5000"));
         rewrite_udp(&mut f, &u, &r);
         assert_eq!(be16(&f, u.udp_at + 6), 0);
     }
@@ -520,12 +520,7 @@ mod tests {
         let Inbound::Udp(u) = parse(&f) else { panic!() };
         assert_eq!(u.udp_at, ETH_LEN + 24);
         assert_eq!(&f[u.payload_at()..u.payload_at() + 7], b"payload");
-        let r = Rewrite {
-            src_mac: R_MAC,
-            dst_mac: B_MAC,
-            src: sa("10.0.0.1:10002"),
-            dst: sa("10.0.0.3:5000"),
-        };
+        let r = to_b(sa("10.0.0.3:5000"));
         rewrite_udp(&mut f, &u, &r);
         let Inbound::Udp(v) = parse(&f) else { panic!() };
         assert!(checksums_valid(&f, &v));

@@ -318,21 +318,10 @@ fn vdev() -> String {
 
 fn relay_config() -> DpdkConfig {
     DpdkConfig {
-        eal_args: [
-            "--no-huge",
-            "--no-pci",
-            "--no-shconf",
-            "--no-telemetry",
-            "-l",
-            "0",
-            "-m",
-            "128",
-            "--log-level=lib.eal:warning",
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain([format!("--vdev={}", vdev())])
-        .collect(),
+        eal_args: media::dpdk::virtual_eal_args(128)
+            .into_iter()
+            .chain([format!("--vdev={}", vdev())])
+            .collect(),
         address: RELAY,
         ports: PortRange {
             min: 30000,

@@ -147,19 +147,7 @@ fn main() -> anyhow::Result<()> {
     let gen_cpu: usize = env("DPDK_GEN_CPU", 0);
     let goal: f64 = env("DPDK_GOAL_MPPS", 2.0);
 
-    let eal: Vec<String> = [
-        "--no-huge",
-        "--no-pci",
-        "--no-shconf",
-        "--no-telemetry",
-        "-l",
-        "0",
-        "-m",
-        "512",
-        "--log-level=lib.eal:warning",
-    ]
-    .map(String::from)
-    .to_vec();
+    let eal = media::dpdk::virtual_eal_args(512);
     init_eal(&eal).context("EAL")?;
     let (to_relay, from_relay) = (ring("bench_in")?, ring("bench_out")?);
     let name = std::ffi::CString::new("net_ring_bench")?;

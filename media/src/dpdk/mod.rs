@@ -94,6 +94,25 @@ pub struct DpdkConfig {
     pub arp: ArpConfig,
 }
 
+/// EAL arguments for virtual devices only: no hugepages, no PCI scan, no shared
+/// configuration or telemetry, lcore 0, `memory_mb` of memory, warnings only. Add the
+/// `--vdev=...` of the device to serve.
+pub fn virtual_eal_args(memory_mb: u32) -> Vec<String> {
+    [
+        "--no-huge",
+        "--no-pci",
+        "--no-shconf",
+        "--no-telemetry",
+        "-l",
+        "0",
+        "-m",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([memory_mb.to_string(), "--log-level=lib.eal:warning".into()])
+    .collect()
+}
+
 impl Default for DpdkConfig {
     fn default() -> DpdkConfig {
         DpdkConfig {
