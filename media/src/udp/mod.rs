@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use batch::{MAX_DATAGRAM, RECV_BATCH};
-pub use socket::bind_udp;
+pub use socket::{bind_udp, SocketOptions};
 
 use crate::ports::{PortAllocator, PortError, PortPair, PortRange};
 use crate::session::{
@@ -99,6 +99,11 @@ pub struct RelayConfig {
     pub spare_pairs: usize,
     /// Set `SO_REUSEPORT` on media sockets.
     pub reuse_port: bool,
+    /// Set `IP_FREEBIND` (`IPV6_FREEBIND`) on media sockets (default off), so that
+    /// `bind` may be an address this node does not hold (yet): the cluster's virtual
+    /// IP, which every node's relay binds to so that the node it moves to can
+    /// continue the calls on their ports.
+    pub freebind: bool,
     /// The in-kernel fast path (default off): once a session has both sides latched
     /// and neither holds, its RTP streams are forwarded by a TC classifier and never
     /// reach the sockets (see [`crate::kernel`]). Needs root and `bind` a specific
@@ -117,6 +122,7 @@ impl Default for RelayConfig {
             event_queue: 4096,
             spare_pairs: 64,
             reuse_port: true,
+            freebind: false,
             kernel_forwarding: None,
         }
     }
@@ -207,7 +213,7 @@ struct Spares {
     taken: Condvar,
     ports: Arc<Mutex<PortAllocator>>,
     bind: IpAddr,
-    reuse_port: bool,
+    options: SocketOptions,
     target: usize,
 }
 
@@ -228,7 +234,7 @@ impl Spares {
             let Some(pair) = self.allocator().allocate() else {
                 break;
             };
-            let bind = |port| bind_udp(SocketAddr::new(self.bind, port), self.reuse_port);
+            let bind = |port| bind_udp(SocketAddr::new(self.bind, port), self.options);
             match (bind(pair.rtp), bind(pair.rtcp)) {
                 (Ok(rtp), Ok(rtcp)) => {
                     result = Ok((pair, [rtp, rtcp]));
@@ -368,7 +374,10 @@ impl Relay {
             taken: Condvar::new(),
             ports: ports.clone(),
             bind: config.bind,
-            reuse_port: config.reuse_port,
+            options: SocketOptions {
+                reuse_port: config.reuse_port,
+                freebind: config.freebind,
+            },
             target: config.spare_pairs,
         });
         // Built first: if a later thread fails to start, dropping it stops the others.
