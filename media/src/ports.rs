@@ -25,8 +25,9 @@ impl Default for PortRange {
     }
 }
 
-/// An RTP port and its RTCP port (`rtp + 1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An RTP port and its RTCP port (`rtp + 1`). Serializable: replicated call records
+/// keep a session's pairs for the node that adopts it after a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PortPair {
     /// Even RTP port.
     pub rtp: u16,
