@@ -52,7 +52,7 @@ pub enum Channel {
 
 /// What signalling (SDP) says about one side's peer. Serializable: call records
 /// replicated through the cluster keep it, so that the node the virtual IP moves to
-/// can adopt the session.
+/// can adopt the session ([`crate::udp::RelayHandle::adopt_session`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerMedia {
     /// Where it wants RTP; `None` while unknown (no answer yet) or on hold with
