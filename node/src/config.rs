@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub media: MediaSection,
     /// `[log]`: logging.
     pub log: LogSection,
+    /// `[notify]`: who is told about VIP switchovers, and how.
+    pub notify: crate::notify::NotifySection,
 }
 
 /// `[node]`
@@ -582,6 +584,7 @@ impl NodeConfig {
         if self.calls.max_calls == 0 {
             return bad("calls.max_calls", "must be positive");
         }
+        self.notify.validate()?;
         Ok(())
     }
 }

@@ -40,6 +40,12 @@ pub struct Metrics {
     pub no_quorum_rejects: AtomicU64,
     /// Store writes that failed.
     pub store_errors: AtomicU64,
+    /// Switchover notifications delivered (one per channel and switchover).
+    pub notifications_sent: AtomicU64,
+    /// Switchover notifications given up after every attempt failed.
+    pub notifications_failed: AtomicU64,
+    /// Switchover notifications not attempted: too many announcements in flight.
+    pub notifications_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -72,6 +78,9 @@ impl Metrics {
             ("overload_rejects", g(&self.overload_rejects)),
             ("no_quorum_rejects", g(&self.no_quorum_rejects)),
             ("store_errors", g(&self.store_errors)),
+            ("notifications_sent", g(&self.notifications_sent)),
+            ("notifications_failed", g(&self.notifications_failed)),
+            ("notifications_dropped", g(&self.notifications_dropped)),
         ]
     }
 }
