@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub vip: VipSection,
     /// `[log]`: logging.
     pub log: LogSection,
+    /// `[notify]`: who is told about VIP switchovers, and how.
+    pub notify: crate::notify::NotifySection,
 }
 
 /// `[node]`
@@ -732,6 +734,7 @@ impl NodeConfig {
                 return bad("vip.announce_interval_ms", "must be 1..=10000");
             }
         }
+        self.notify.validate()?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod core;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod persist;
 pub mod registrar;
 pub mod routing;

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub calls_taken_over: AtomicU64,
     /// Ringing calls ended because the node handling them went away.
     pub calls_failed_over: AtomicU64,
+    /// Switchover notifications delivered (one per channel and switchover).
+    pub notifications_sent: AtomicU64,
+    /// Switchover notifications given up after every attempt failed.
+    pub notifications_failed: AtomicU64,
+    /// Switchover notifications not attempted: too many announcements in flight.
+    pub notifications_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +96,9 @@ impl Metrics {
             ("vip_sends_dropped", g(&self.vip_sends_dropped)),
             ("calls_taken_over", g(&self.calls_taken_over)),
             ("calls_failed_over", g(&self.calls_failed_over)),
+            ("notifications_sent", g(&self.notifications_sent)),
+            ("notifications_failed", g(&self.notifications_failed)),
+            ("notifications_dropped", g(&self.notifications_dropped)),
         ]
     }
 }

@@ -625,7 +625,10 @@ fn prepare_vip(
             }
         }),
         metrics: metrics.clone(),
-        on_switchover: Box::new(|_| {}),
+        on_switchover: {
+            let notifier = crate::notify::Notifier::new(&cfg.notify, metrics.clone());
+            Box::new(move |ev| notifier.announce(ev))
+        },
     };
     Ok(Some(VipParts {
         controller,

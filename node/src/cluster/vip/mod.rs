@@ -17,7 +17,8 @@ use crate::metrics::Metrics;
 use announce::Announcer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use crate::notify::{Switchover, SwitchoverKind};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the SIP core hears of the VIP.
@@ -36,26 +37,11 @@ pub enum VipEvent {
     Released,
 }
 
-/// A change of holder, as logged and announced.
-#[derive(Debug, Clone)]
-pub struct Switchover {
-    /// This node.
-    pub node: u64,
-    /// True when it acquired the VIP, false when it released it.
-    pub acquired: bool,
-    /// Why (e.g. "leader with lease", "lease lost", "shutdown").
-    pub reason: String,
-    /// Raft term at the time.
-    pub term: u64,
-    /// When.
-    pub at: SystemTime,
-}
-
 /// Where the controller reads the replicated calls from.
 pub type ReadCalls = Box<dyn Fn() -> Vec<CallRecord> + Send + Sync>;
 
-/// Something told of every switchover (notifications).
-pub type OnSwitchover = Box<dyn Fn(&Switchover) + Send + Sync>;
+/// Something told of every switchover (the notifications).
+pub type OnSwitchover = Box<dyn Fn(Switchover) + Send + Sync>;
 
 /// The address(es) and how to announce them.
 pub struct Vip {
@@ -239,13 +225,13 @@ impl Controller {
             ms = started.elapsed().as_millis() as u64,
             "VIP acquired"
         );
-        (self.on_switchover)(&Switchover {
-            node: self.node,
-            acquired: true,
-            reason: "leader holding the lease".into(),
+        (self.on_switchover)(Switchover::now(
+            self.node,
+            &self.vip.describe(),
+            SwitchoverKind::Acquired,
+            "leader holding its lease",
             term,
-            at: SystemTime::now(),
-        });
+        ));
         Some(announcing)
     }
 
@@ -260,12 +246,12 @@ impl Controller {
         self.metrics.inc(&self.metrics.vip_released);
         self.metrics.vip_held.store(0, Ordering::Relaxed);
         tracing::warn!(vip = %self.vip.describe(), term, reason, "VIP released");
-        (self.on_switchover)(&Switchover {
-            node: self.node,
-            acquired: false,
-            reason: reason.into(),
+        (self.on_switchover)(Switchover::now(
+            self.node,
+            &self.vip.describe(),
+            SwitchoverKind::Released,
+            reason,
             term,
-            at: SystemTime::now(),
-        });
+        ));
     }
 }
