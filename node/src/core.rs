@@ -359,6 +359,10 @@ pub struct Core {
     max_queue_delay: Duration,
     /// The cluster this node is a member of, as Raft reports it; None when standalone.
     cluster: Option<watch::Receiver<consensus::Status>>,
+    /// The number rung when this node takes the VIP over (`notify.call`).
+    alert_number: Option<String>,
+    /// The VIP went to another node: this one's calls fire no timers and write nothing.
+    suspended: bool,
 }
 
 /// What the core hears besides SIP: writes that finished (a cluster member's), and
@@ -472,6 +476,8 @@ impl Core {
             held: Vec::new(),
             max_queue_delay: Duration::from_millis(cfg.sip.max_queue_delay_ms),
             cluster: None,
+            alert_number: cfg.notify.call.clone(),
+            suspended: false,
         }
     }
 
@@ -504,6 +510,9 @@ impl Core {
 
     /// An event of a call's relay session (an RTP timeout ends the call).
     pub fn on_media_event(&mut self, event: media::udp::RelayEvent, now: Instant) {
+        if self.suspended {
+            return;
+        }
         let mut ctx = ctx!(self, now);
         self.calls.on_media_event(&mut ctx, event);
         self.commit(now);
@@ -514,21 +523,43 @@ impl Core {
     pub fn on_vip(&mut self, event: crate::cluster::vip::VipEvent, now: Instant) {
         match event {
             crate::cluster::vip::VipEvent::Acquired { calls, ack } => {
+                self.suspended = false;
                 let mut ctx = ctx!(self, now);
                 let done = self.calls.take_over(&mut ctx, calls);
                 tracing::info!(
                     continued = done.continued,
                     ended = done.ended,
+                    kept = done.kept,
+                    dropped = done.dropped,
                     "calls taken over with the VIP"
                 );
                 self.flush(now);
                 self.commit(now);
                 let _ = ack.send(());
             }
+            crate::cluster::vip::VipEvent::Holding { node, term } => {
+                if let Some(number) = self.alert_number.clone() {
+                    let contacts = self
+                        .registrar
+                        .bindings
+                        .lookup(&number, unix_now(SystemTime::now()));
+                    let what = format!("Switchover: node {node} holds the VIP (term {term})");
+                    let mut ctx = ctx!(self, now);
+                    self.calls.alerts.ring(&mut ctx, &number, &contacts, &what);
+                    self.flush(now);
+                    self.commit(now);
+                }
+            }
             crate::cluster::vip::VipEvent::Released => {
-                let forgotten = self.calls.forget_all();
+                // Suspended, not forgotten: a lease lost for an instant (a membership
+                // change, a stalled host) comes back to the same calls; when another
+                // node took them meanwhile, the records tell on the next takeover.
+                self.suspended = true;
                 self.outbox.clear();
-                tracing::info!(calls = forgotten, "VIP gone: calls left to the new holder");
+                tracing::info!(
+                    calls = self.calls.len(),
+                    "VIP gone: calls suspended, left to the new holder"
+                );
             }
         }
     }
@@ -748,7 +779,7 @@ impl Core {
         let coalesced = self.writes_since.map(|t| t + WRITE_COALESCE);
         [
             self.txn.next_deadline(),
-            self.calls.next_deadline(),
+            self.calls.next_deadline().filter(|_| !self.suspended),
             coalesced,
         ]
         .into_iter()
@@ -762,7 +793,7 @@ impl Core {
             let a = self.txn.on_timer(now);
             self.execute(a, now);
         }
-        if self.calls.next_deadline().is_some_and(|d| d <= now) {
+        if !self.suspended && self.calls.next_deadline().is_some_and(|d| d <= now) {
             let mut ctx = ctx!(self, now);
             self.calls.on_timer(&mut ctx);
             self.flush(now);
@@ -898,6 +929,8 @@ impl Core {
                 let mut ctx = ctx!(self, now);
                 self.calls.on_stray_response(&mut ctx, &msg, from);
             }
+            // A suspended node's calls are another's now: no BYE, no CDR from here.
+            TuEvent::Timeout { .. } if self.suspended => {}
             TuEvent::Timeout { key } => {
                 let mut ctx = ctx!(self, now);
                 self.calls.on_timeout(&mut ctx, &key);

@@ -605,7 +605,6 @@ fn prepare_vip(
     let state = Arc::downgrade(member);
     let controller = Controller {
         vip,
-        node: cfg.node.id,
         gate: gate.clone(),
         core,
         read_calls: Box::new(move || {

@@ -6,8 +6,10 @@
 //! a graceful leadership transfer moves the VIP without losing the call.
 
 use serde_json::Value;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::cluster::{form_cluster, ok, status, switchctl};
 use tests::netns::Lab;
@@ -39,8 +41,14 @@ fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
 
 impl VipCluster {
     fn start() -> VipCluster {
+        VipCluster::start_with(|_| String::new())
+    }
+
+    /// A cluster whose members also get `extra(lab)` in their configuration.
+    fn start_with(extra: impl FnOnce(&Lab) -> String) -> VipCluster {
         let lab = Lab::create(4).expect("lab");
         let vip = lab.spare_ip();
+        let extra_toml = extra(&lab);
         let work = tempfile::tempdir().unwrap();
         let opts = NodeOpts {
             extensions: vec![
@@ -52,6 +60,7 @@ impl VipCluster {
                 Ext::new("1003"),
             ],
             vip: Some(vip),
+            extra_toml,
             ..NodeOpts::default()
         };
         let members = form_cluster(&lab, 3, work.path(), opts);
@@ -369,21 +378,95 @@ fn a_leadership_transfer_moves_the_vip_without_losing_the_call() {
     });
 }
 
+/// An HTTP endpoint in the test's namespace (on the lab bridge) that answers 200 and
+/// keeps every request body.
+fn webhook_sink(lab: &Lab) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind((lab.gateway, 0)).expect("webhook listener");
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(32) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The headers, then Content-Length bytes of body.
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        keep.lock().unwrap().push(body.to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (addr, got)
+}
+
 #[test]
 fn registrations_survive_kill_9_of_the_vip_holder() {
-    let mut c = VipCluster::start();
+    let mut hook = None;
+    let mut c = VipCluster::start_with(|lab| {
+        let (addr, got) = webhook_sink(lab);
+        hook = Some(got);
+        format!("[notify]\nwebhook = \"http://{addr}/vip\"\ncall = \"1003\"\n")
+    });
+    let hook = hook.expect("webhook sink");
     let phones = [(CALLEE, 5072u16), ("1003", 5073u16)];
     for (number, port) in phones {
         c.register(number, port);
     }
+    let alerted = c.phone(5073);
     let holder = c.holder();
     c.members[holder].kill9();
     c.down[holder] = true;
     eventually(Duration::from_secs(10), "the VIP answers again", || {
         c.options_ok()
     });
+    // The switchover is announced: the webhook hears of it, and the alert number rings.
+    let new_id = status(c.members[c.holder()].admin, c.dir())["id"].as_u64();
+    eventually(
+        Duration::from_secs(10),
+        "the webhook hears of the switchover",
+        || {
+            hook.lock().unwrap().iter().any(|b| {
+                serde_json::from_str::<Value>(b)
+                    .is_ok_and(|v| v["event"] == "acquired" && v["node"].as_u64() == new_id)
+            })
+        },
+    );
+    let (alert, from) = alerted.expect(Duration::from_secs(10), "the alert call", |m| {
+        m.starts_with("INVITE ") && m.contains("switchover@")
+    });
+    let busy = answer(
+        &alert,
+        486,
+        "Busy Here",
+        &token("x"),
+        alerted.sip_addr(),
+        "",
+    );
+    alerted.send(from, &busy);
     // Every extension can be called at once, without registering again: its phone
     // gets the INVITE (and turns it down as busy).
+    drop(alerted);
     for (number, port) in phones {
         let callee = c.phone(port);
         let caller = c.phone(0);
@@ -404,7 +487,7 @@ fn registrations_survive_kill_9_of_the_vip_holder() {
         let (invite, from) = callee.expect(
             Duration::from_secs(5),
             "INVITE at the registered phone",
-            |m| m.starts_with("INVITE "),
+            |m| m.starts_with("INVITE ") && m.contains(&format!("sip:{CALLER}@")),
         );
         callee.send(
             from,

@@ -5,6 +5,7 @@
 //! Each leg is its own dialog with its own Call-ID and tags, so the two sides never see
 //! each other's identifiers; SDP passes through unchanged (the media issue anchors it).
 
+pub mod alert;
 pub mod cdr;
 pub mod media;
 pub mod record;
@@ -247,6 +248,8 @@ pub struct Calls {
     relay: Option<Arc<MediaRelay>>,
     /// Relay session → call.
     by_session: FastMap<u64, u64>,
+    /// Switchover alert calls (`notify.call`).
+    pub alerts: alert::Alerts,
 }
 
 /// Headers copied onto a relayed in-dialog request.
@@ -272,6 +275,7 @@ impl Calls {
             live: 0,
             relay: None,
             by_session: FastMap::default(),
+            alerts: alert::Alerts::default(),
         }
     }
 
@@ -290,9 +294,13 @@ impl Calls {
         self.live == 0
     }
 
-    /// The next ring timeout.
+    /// The next ring timeout (or alert call step).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.ring_timers.peek().map(|Reverse((t, _))| *t)
+        let ring = self.ring_timers.peek().map(|Reverse((t, _))| *t);
+        match (ring, self.alerts.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A new authenticated INVITE from `caller`.
@@ -472,6 +480,9 @@ impl Calls {
 
     /// A response on one of our client transactions.
     pub fn on_response(&mut self, ctx: &mut SipCtx<'_>, key: &TxKey, msg: &SipMessage) {
+        if self.alerts.owns(key) {
+            return self.alerts.on_response(ctx, key, msg);
+        }
         let Some(code) = msg.status() else { return };
         let Some((id, role)) = self.clients.get(key) else {
             return;
@@ -1098,6 +1109,7 @@ impl Calls {
 
     /// Fires due ring timeouts.
     pub fn on_timer(&mut self, ctx: &mut SipCtx<'_>) {
+        self.alerts.on_timer(ctx);
         while let Some(Reverse((t, id))) = self.ring_timers.peek().copied() {
             if t > ctx.now {
                 break;

@@ -1,8 +1,8 @@
 //! Calls changing hands with the virtual IP. The node taking the VIP over continues the
 //! answered calls of the replicated records (their dialogs, and their relay sessions on
-//! the same ports, which the phones keep sending to) and ends the ringing ones cleanly;
-//! the node letting go of it forgets its calls without a word, since they are the new
-//! holder's now.
+//! the same ports, which the phones keep sending to) and ends the ringing ones cleanly.
+//! The node letting go of it keeps its calls suspended (the core fires none of their
+//! timers); if it takes the VIP back, the records say which of them are still its own.
 
 use super::cdr::{rfc3339, secs_between, Cdr, Disposition};
 use super::media::MediaRecord;
@@ -16,12 +16,15 @@ use ::media::ports::PortPair;
 use ::media::session::PeerMedia;
 use ::media::udp::SessionPorts;
 use std::collections::HashSet;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// How far our CSeq jumps in a dialog taken over: requests the previous node sent after
 /// it last wrote the record stay below the next one sent from here (RFC 3261 §12.2.1.1
 /// asks for an increase, not for consecutive numbers).
 const CSEQ_JUMP: u32 = 1000;
+
+/// Attempts, 2 ms apart, to open ports this relay is still closing.
+const PORTS_BACK_TRIES: usize = 50;
 
 /// What a takeover did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,10 @@ pub struct TakeOver {
     pub continued: usize,
     /// Ringing calls ended.
     pub ended: usize,
+    /// Calls of this node's own (suspended) that the records confirm.
+    pub kept: usize,
+    /// Calls of this node's own that ended elsewhere meanwhile, or changed there.
+    pub dropped: usize,
 }
 
 fn time_of(text: &str) -> SystemTime {
@@ -48,8 +55,8 @@ fn pair(rtp: u16) -> PortPair {
 impl Calls {
     /// Takes over the cluster's live calls from their records.
     pub fn take_over(&mut self, ctx: &mut SipCtx<'_>, records: Vec<CallRecord>) -> TakeOver {
-        let known: HashSet<String> = self.calls.values().map(|c| c.a_call_id.clone()).collect();
         let mut done = TakeOver::default();
+        let known = self.reconcile(&records, &mut done);
         for r in records {
             if known.contains(&r.call_id) {
                 continue;
@@ -137,12 +144,27 @@ impl Calls {
     fn reopen_media(&self, m: &MediaRecord) -> Option<SessionPorts> {
         let relay = self.relay.as_deref()?;
         let peer = |p: &Option<PeerMedia>| p.unwrap_or_else(PeerMedia::unknown);
-        match relay.adopt_session(
-            pair(m.a_port),
-            pair(m.b_port),
-            peer(&m.a_peer),
-            peer(&m.b_peer),
-        ) {
+        let adopt = || {
+            relay.adopt_session(
+                pair(m.a_port),
+                pair(m.b_port),
+                peer(&m.a_peer),
+                peer(&m.b_peer),
+            )
+        };
+        let mut result = adopt();
+        // Ports this relay just closed (a call of its own dropped for its record) come
+        // back once the forwarding thread has closed the sockets: a moment.
+        for _ in 0..PORTS_BACK_TRIES {
+            match result {
+                Err(::media::udp::RelayError::PortsInUse(_)) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    result = adopt();
+                }
+                _ => break,
+            }
+        }
+        match result {
             Ok(ports) => Some(ports),
             Err(e) => {
                 tracing::warn!(error = %e, a = m.a_port, b = m.b_port, "relay session not taken over: the call continues without media");
@@ -151,25 +173,55 @@ impl Calls {
         }
     }
 
-    /// Forgets every call (this node no longer holds the VIP): relay sessions close,
-    /// nothing is sent and nothing written. Returns how many were live.
-    pub fn forget_all(&mut self) -> usize {
-        if let Some(relay) = self.relay.as_deref() {
-            for c in self.calls.values_mut() {
-                if let Some(p) = c.media.take() {
-                    let _ = relay.destroy(p.id);
+    /// Matches this node's own calls (kept while it did not hold the VIP) against the
+    /// records: a call recorded as this node last left it is kept; one that ended
+    /// elsewhere, or that another node changed meanwhile, is dropped without a word (a
+    /// changed one is then continued from its record). Returns the Call-IDs kept.
+    fn reconcile(&mut self, records: &[CallRecord], done: &mut TakeOver) -> HashSet<String> {
+        let mut kept = HashSet::new();
+        let ours: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Ended)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ours {
+            let Some(call) = self.calls.get(&id) else {
+                continue;
+            };
+            let same = records.iter().any(|r| {
+                r.call_id == call.a_call_id && {
+                    let mine = call.record(r.node);
+                    mine.legs == r.legs && mine.answer == r.answer
                 }
+            });
+            if same {
+                kept.insert(call.a_call_id.clone());
+                done.kept += 1;
+            } else {
+                self.drop_call(id);
+                done.dropped += 1;
             }
         }
-        let live = self.live;
-        self.calls.clear();
-        self.by_invite.clear();
-        self.by_dialog.clear();
-        self.clients.clear();
-        self.ring_timers.clear();
-        self.by_session.clear();
-        self.live = 0;
-        live
+        kept
+    }
+
+    /// Forgets a call without a word on the wire or in the store.
+    fn drop_call(&mut self, id: u64) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        if let (Some(relay), Some(p)) = (self.relay.as_deref(), call.media.take()) {
+            self.by_session.remove(&p.id.0);
+            let _ = relay.destroy(p.id);
+        }
+        self.by_invite.remove(&call.a_key);
+        self.by_dialog.remove(&(call.a_call_id, call.a_tag));
+        self.by_dialog.remove(&(call.b_call_id, call.b_tag));
+        self.clients.retain(|_, (owner, _)| *owner != id);
+        if call.phase != Phase::Ended {
+            self.live = self.live.saturating_sub(1);
+        }
     }
 }
 

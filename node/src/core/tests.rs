@@ -1050,3 +1050,102 @@ From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: {}\r\nCall-ID: call-a\r\nCS
     assert_eq!(cdrs[0].hangup_cause, "node_failover");
     assert!(new.calls().is_empty());
 }
+
+#[test]
+fn taking_the_vip_rings_the_alert_number_and_plays_beeps() {
+    let mut h = Harness::new(&[B1]);
+    h.core.alert_number = Some("1002".into());
+    h.core.on_vip(
+        crate::cluster::vip::VipEvent::Holding { node: 2, term: 7 },
+        h.at(0),
+    );
+    let out = h.take();
+    let inv = find(&out, B1, |m| is_req(m, Method::Invite))
+        .expect("the alert number's phone rings")
+        .clone();
+    assert!(inv
+        .headers
+        .get("From")
+        .unwrap()
+        .contains("node 2 holds the VIP (term 7)"));
+    let offer = std::str::from_utf8(&inv.body).unwrap();
+    assert!(offer.contains("a=sendonly"), "{offer}");
+    let phone_rtp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    phone_rtp
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let port = phone_rtp.local_addr().unwrap().port();
+    let mut ok = answer(&inv, 200, "OK", "alert", B1);
+    ok.set_body(
+        Some("application/sdp"),
+        Bytes::from(format!(
+            "v=0\r\no=p 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0\r\na=recvonly\r\n"
+        )),
+    );
+    h.recv(B1, &ok, 500);
+    let out = h.take();
+    assert!(
+        find(&out, B1, |m| is_req(m, Method::Ack)).is_some(),
+        "2xx ACKed"
+    );
+    let mut buf = [0u8; 256];
+    let (n, _) = phone_rtp.recv_from(&mut buf).expect("the tone arrives");
+    assert_eq!((n, buf[1] & 0x7f), (172, 0), "PCMU frames of 20 ms");
+    h.tick(3600);
+    let out = h.take();
+    let bye = find(&out, B1, |m| is_req(m, Method::Bye)).expect("hung up after the tone");
+    assert_eq!(bye.to_tag().as_deref(), Some("alert"));
+}
+
+#[test]
+fn an_unregistered_alert_number_rings_nobody() {
+    let mut h = Harness::new(&[]);
+    h.core.alert_number = Some("1002".into());
+    h.core.on_vip(
+        crate::cluster::vip::VipEvent::Holding { node: 2, term: 1 },
+        h.at(0),
+    );
+    assert!(h.take().is_empty());
+}
+
+#[test]
+fn a_node_that_gets_the_vip_back_keeps_the_calls_the_records_confirm() {
+    let mut h = Harness::new(&[B1]);
+    let ok = answered_call(&mut h);
+    let records = h.calls();
+    // A lease lost for an instant: suspended, then the same records come back.
+    h.core
+        .on_vip(crate::cluster::vip::VipEvent::Released, h.at(1200));
+    h.tick(30_000);
+    assert!(h.take().is_empty(), "nothing sent while suspended");
+    take_over(&mut h, records, 30_000);
+    let bye = format!(
+        "BYE sip:1002@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch=z9hG4bKbye7;rport\r\n\
+From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: {}\r\nCall-ID: call-a\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\n\r\n",
+        ok.headers.get("To").unwrap()
+    );
+    h.recv_text(A, &bye, 31_000);
+    let out = h.take();
+    let b_bye = find(&out, B1, |m| is_req(m, Method::Bye)).expect("the kept call is relayed");
+    assert_eq!(
+        b_bye.cseq().map(|(n, _)| n),
+        Some(2),
+        "its own CSeq, no jump"
+    );
+    assert_eq!(h.cdrs().len(), 1);
+}
+
+#[test]
+fn a_call_that_ended_elsewhere_is_dropped_without_a_word() {
+    let mut h = Harness::new(&[B1]);
+    answered_call(&mut h);
+    h.core
+        .on_vip(crate::cluster::vip::VipEvent::Released, h.at(1200));
+    // Another node ended the call meanwhile: no record of it comes back.
+    take_over(&mut h, Vec::new(), 5_000);
+    h.tick(60_000);
+    assert!(h.take().is_empty(), "no BYE from here");
+    assert!(h.cdrs().is_empty(), "the other node wrote the CDR");
+    assert_eq!(h.core.calls.len(), 0);
+}

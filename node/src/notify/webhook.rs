@@ -80,11 +80,14 @@ impl Webhook {
         // The connection future does the I/O; drive it in this task rather than a
         // spawned one so that a timeout cancels both together.
         let mut conn = std::pin::pin!(conn);
+        let mut send = std::pin::pin!(sender.send_request(request));
         let response = tokio::select! {
-            r = sender.send_request(request) => r.map_err(NotifyError::Http)?,
+            r = &mut send => r.map_err(NotifyError::Http)?,
             c = &mut conn => {
                 c.map_err(NotifyError::Http)?;
-                return Err(NotifyError::Closed);
+                // A server that answers and closes (`Connection: close`) ends the
+                // connection as the response arrives: the response is there to take.
+                send.await.map_err(|_| NotifyError::Closed)?
             }
         };
         let status = response.status();

@@ -14,10 +14,10 @@ pub mod netlink;
 use crate::calls::record::CallRecord;
 use crate::config::{Cidr, VipSection};
 use crate::metrics::Metrics;
+use crate::notify::{Switchover, SwitchoverKind};
 use announce::Announcer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use crate::notify::{Switchover, SwitchoverKind};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -31,6 +31,14 @@ pub enum VipEvent {
         calls: Vec<CallRecord>,
         /// Answered when the calls are taken over.
         ack: oneshot::Sender<()>,
+    },
+    /// The address is on this node and its sends go out: announce the switchover
+    /// (the `notify.call` alert).
+    Holding {
+        /// This member's id.
+        node: u64,
+        /// The Raft term it holds the VIP in.
+        term: u64,
     },
     /// This node no longer holds the VIP: another owns the calls now; forget them
     /// without a word on the wire or in the store.
@@ -113,8 +121,6 @@ impl Vip {
 pub struct Controller {
     /// The address.
     pub vip: Vip,
-    /// This node's id.
-    pub node: u64,
     /// Open while this node may send from the VIP (the SIP transports check it).
     pub gate: Arc<AtomicBool>,
     /// The SIP core.
@@ -143,15 +149,15 @@ impl Controller {
         self.gate.store(false, Ordering::SeqCst);
         let mut announcing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            let (want, term) = {
+            let (want, term, node) = {
                 let s = status.borrow_and_update();
-                (s.holds_lease(), s.term)
+                (s.holds_lease(), s.term, s.id)
             };
             let holding = announcing.is_some();
             if want && !holding {
                 announcing = self.acquire(&mut status).await;
             } else if !want && holding {
-                self.release(announcing.take(), "leadership or lease lost", term);
+                self.release(announcing.take(), "leadership or lease lost", node, term);
             }
             tokio::select! {
                 changed = status.changed() => {
@@ -163,8 +169,11 @@ impl Controller {
             }
         }
         if announcing.is_some() {
-            let term = status.borrow().term;
-            self.release(announcing, "node stopping", term);
+            let (node, term) = {
+                let s = status.borrow();
+                (s.id, s.term)
+            };
+            self.release(announcing, "node stopping", node, term);
         }
     }
 
@@ -202,20 +211,21 @@ impl Controller {
         if self.core.send(VipEvent::Acquired { calls, ack }).is_ok() {
             let _ = tokio::time::timeout(TAKEOVER_LIMIT, done).await;
         }
-        let term = {
+        let (node, term) = {
             let s = status.borrow();
             if !s.holds_lease() {
                 drop(s);
                 let _ = self.core.send(VipEvent::Released);
                 return None;
             }
-            s.term
+            (s.id, s.term)
         };
         self.gate.store(true, Ordering::SeqCst);
         if let Err(e) = self.vip.add() {
             tracing::error!(error = %e, vip = %self.vip.describe(), "cannot add the VIP address");
         }
         let announcing = self.vip.announce();
+        let _ = self.core.send(VipEvent::Holding { node, term });
         self.metrics.inc(&self.metrics.vip_acquired);
         self.metrics.vip_held.store(1, Ordering::Relaxed);
         tracing::info!(
@@ -226,7 +236,7 @@ impl Controller {
             "VIP acquired"
         );
         (self.on_switchover)(Switchover::now(
-            self.node,
+            node,
             &self.vip.describe(),
             SwitchoverKind::Acquired,
             "leader holding its lease",
@@ -235,7 +245,13 @@ impl Controller {
         Some(announcing)
     }
 
-    fn release(&self, announcing: Option<tokio::task::JoinHandle<()>>, reason: &str, term: u64) {
+    fn release(
+        &self,
+        announcing: Option<tokio::task::JoinHandle<()>>,
+        reason: &str,
+        node: u64,
+        term: u64,
+    ) {
         // The address first: from here on nothing reaches this node on the VIP.
         self.vip.remove();
         self.gate.store(false, Ordering::SeqCst);
@@ -247,7 +263,7 @@ impl Controller {
         self.metrics.vip_held.store(0, Ordering::Relaxed);
         tracing::warn!(vip = %self.vip.describe(), term, reason, "VIP released");
         (self.on_switchover)(Switchover::now(
-            self.node,
+            node,
             &self.vip.describe(),
             SwitchoverKind::Released,
             reason,
