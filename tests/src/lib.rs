@@ -341,7 +341,9 @@ impl Node {
         };
         let vip_toml = match opts.vip {
             Some(vip) => format!(
-                "[vip]\naddress = \"{vip}/24\"\ninterface = \"{}\"\nannounce_interval_ms = 100\n",
+                "[vip]\naddress = \"{vip}/24\"\naddress6 = \"{}\"\ninterface = \"{}\"\n\
+                 announce_interval_ms = 100\n",
+                netns::vip6(vip),
                 netns::HOST_INTERFACE
             ),
             None => String::new(),

@@ -21,6 +21,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The name of every host's interface on the bridge, inside its namespace.
 pub const HOST_INTERFACE: &str = "eth0";
 
+/// The IPv6 virtual IP (with prefix) that goes with the IPv4 one `vip` in the tests: a
+/// unique-local address derived from it.
+pub fn vip6(vip: Ipv4Addr) -> String {
+    let [_, b, c, d] = vip.octets();
+    format!("fd00:{b:x}:{c:x}::{d:x}/64")
+}
+
 /// Labs created by this process, to give each its own names and subnet.
 static LABS: AtomicU32 = AtomicU32::new(0);
 

@@ -552,10 +552,25 @@ fn a_holder_cut_off_from_the_others_drops_the_vip() {
             !String::from_utf8_lossy(&out.stdout).contains(&format!("{vip}/"))
         },
     );
-    // ... and another member takes it.
+    // ... and another member takes it, with the IPv6 VIP too.
     eventually(Duration::from_secs(10), "the VIP answers again", || {
         c.options_ok()
     });
+    let v6 = tests::netns::vip6(vip);
+    let holding_v6: Vec<usize> = (0..3)
+        .filter(|i| {
+            let out = std::process::Command::new("ip")
+                .args(["-n", &c.lab.hosts[*i].netns, "-o", "addr", "show"])
+                .output()
+                .expect("ip");
+            String::from_utf8_lossy(&out.stdout).contains(&v6)
+        })
+        .collect();
+    assert_eq!(
+        holding_v6,
+        vec![c.holder()],
+        "the IPv6 VIP is on the new holder only"
+    );
     assert_eq!(
         arp_answers(&c.lab, CLIENT, vip).len(),
         1,
