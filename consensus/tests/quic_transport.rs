@@ -509,3 +509,89 @@ async fn anonymous_connections_are_limited() {
     })
     .await;
 }
+
+/// A UDP relay between a client and a server: `to` names where datagrams go, `None`
+/// swallows them (a host that died without a word).
+async fn udp_relay(to: Arc<Mutex<Option<SocketAddr>>>) -> SocketAddr {
+    let front = Arc::new(tokio::net::UdpSocket::bind(localhost()).await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind(localhost()).await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let (f, b, c, t) = (front.clone(), back.clone(), client.clone(), to.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            let target = *t.lock().unwrap();
+            if let Some(target) = target {
+                let _ = b.send_to(&buf[..n], target).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, _)) = back.recv_from(&mut buf).await {
+            let (target, client) = (*to.lock().unwrap(), *client.lock().unwrap());
+            if let (Some(_), Some(client)) = (target, client) {
+                let _ = front.send_to(&buf[..n], client).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_peer_that_died_without_a_word_is_reconnected_once_it_stops_answering() {
+    bounded(async {
+        let first = Cluster::start();
+        let to = Arc::new(Mutex::new(Some(first.addr())));
+        let relay = udp_relay(to.clone()).await;
+        let client = first.member(2);
+        let quick = |payload: &'static [u8]| {
+            // Raft's own timeout on a vote or heartbeat cancels the call like this.
+            tokio::time::timeout(
+                Duration::from_millis(150),
+                client.call(relay, RpcKind::Vote, payload.to_vec()),
+            )
+        };
+        assert_eq!(quick(b"one").await.unwrap().unwrap(), b"one");
+
+        // The peer dies without closing its connection, and a new process starts at
+        // its address: it holds no keys for the old connection and cannot reset it.
+        *to.lock().unwrap() = None;
+        let identity = first.ca.issue(1, &[]).unwrap();
+        let handler = Recorder::default();
+        let second =
+            QuicServer::bind(localhost(), &identity, first.ca.cert_pem(), handler.clone()).unwrap();
+        assert!(
+            quick(b"lost").await.is_err(),
+            "the dead peer answers nothing"
+        );
+        *to.lock().unwrap() = Some(second.local_addr());
+
+        // Calls fail until the connection has been silent for `unresponsive_after`
+        // (1 s, well under the 10 s idle timeout); then the next one reconnects.
+        let started = std::time::Instant::now();
+        let mut answer = None;
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(Ok(a)) = quick(b"two").await {
+                answer = Some(a);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            answer.as_deref(),
+            Some(&b"two"[..]),
+            "reconnected to the new process"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "not before the connection went unanswered: {:?}",
+            started.elapsed()
+        );
+        second.shutdown().await;
+        client.shutdown().await;
+    })
+    .await;
+}

@@ -346,11 +346,14 @@ pub struct ClusterSection {
     /// QUIC listen address for Raft between nodes (default `127.0.0.1:7000`; a cluster
     /// across hosts listens on an address the other members reach).
     pub raft_listen: SocketAddr,
-    /// Leader heartbeat interval (default 50 ms).
+    /// Leader heartbeat interval (default 30 ms).
     pub heartbeat_ms: u64,
-    /// Election timeout, lower bound (default 150 ms).
+    /// Election timeout, lower bound (default 100 ms).
     pub election_timeout_min_ms: u64,
-    /// Election timeout, upper bound (default 300 ms).
+    /// Election timeout, upper bound (default 200 ms). It is also the leader lease: a
+    /// follower that heard from its leader within it votes for no one, and campaigns
+    /// only once this plus its randomized election timeout have passed in silence, so
+    /// a dead leader is replaced 300–400 ms after its last heartbeat by default.
     pub election_timeout_max_ms: u64,
     /// Applied entries between snapshots (default 10000).
     pub snapshot_every: u64,
@@ -365,9 +368,9 @@ impl Default for ClusterSection {
             enabled: true,
             bootstrap: true,
             raft_listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 150,
-            election_timeout_max_ms: 300,
+            heartbeat_ms: 30,
+            election_timeout_min_ms: 100,
+            election_timeout_max_ms: 200,
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 1_000,
         }
@@ -906,7 +909,7 @@ mod tests {
                 c.cluster.election_timeout_min_ms,
                 c.cluster.election_timeout_max_ms
             ),
-            (50, 150, 300)
+            (30, 100, 200)
         );
         assert_eq!(c.admin.listen, "127.0.0.1:8060".parse().unwrap());
     }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt, WriteError};
 
@@ -28,6 +28,9 @@ pub struct ClientOptions {
     pub max_peers: usize,
     /// A connection silent for this long is considered dead.
     pub idle_timeout: Duration,
+    /// Calls that waited this long with no answer from the peer make the next call
+    /// reconnect (the peer may have restarted behind the connection).
+    pub unresponsive_after: Duration,
     /// Keep-alive period, well under the idle timeout, so quiet links stay up.
     pub keep_alive: Duration,
 }
@@ -40,6 +43,7 @@ impl Default for ClientOptions {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_peers: 1024,
             idle_timeout: Duration::from_secs(10),
+            unresponsive_after: Duration::from_secs(1),
             keep_alive: Duration::from_secs(2),
         }
     }
@@ -48,7 +52,46 @@ impl Default for ClientOptions {
 /// The cached connection to one peer; the async lock makes concurrent first calls share
 /// one handshake instead of racing several.
 #[derive(Default)]
-struct Slot(tokio::sync::Mutex<Option<Connection>>);
+struct Slot {
+    conn: tokio::sync::Mutex<Option<Connection>>,
+    /// Since when calls have been made with no answer from the peer.
+    unanswered_since: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn unanswered(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.unanswered_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True when calls made more than `limit` ago have had no answer at all (whether
+    /// they failed, or their callers gave up on them): the peer behind the connection
+    /// is gone. A process restarted on the same address cannot reset a connection it
+    /// holds no keys for, so without this the connection would swallow every call
+    /// (votes, heartbeats) until its idle timeout.
+    fn unresponsive(&self, limit: Duration) -> bool {
+        self.unanswered().is_some_and(|t| t.elapsed() > limit)
+    }
+
+    /// A call is about to be made.
+    fn calling(&self) {
+        self.unanswered().get_or_insert_with(Instant::now);
+    }
+
+    /// The peer answered.
+    fn answered(&self) {
+        *self.unanswered() = None;
+    }
+
+    /// Drops the cached connection, so the next call connects anew.
+    async fn evict(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            conn.close(VarInt::from_u32(0), b"unresponsive");
+        }
+        *self.unanswered() = None;
+    }
+}
 
 /// Lazily bound local sockets, one per address family.
 #[derive(Default)]
@@ -157,7 +200,7 @@ impl QuicClient {
         }
         if peers.len() >= self.options.max_peers {
             // Keeps slots in use (locked) or holding a live connection.
-            peers.retain(|_, slot| match slot.0.try_lock() {
+            peers.retain(|_, slot| match slot.conn.try_lock() {
                 Ok(conn) => conn.as_ref().is_some_and(|c| c.close_reason().is_none()),
                 Err(_) => true,
             });
@@ -176,7 +219,7 @@ impl QuicClient {
     /// The cached live connection to `addr`, or a new one; `true` when it is new.
     async fn connection(&self, addr: SocketAddr) -> Result<(Connection, bool), RpcError> {
         let slot = self.slot_for(addr)?;
-        let mut cached = slot.0.lock().await;
+        let mut cached = slot.conn.lock().await;
         if let Some(conn) = cached.as_ref() {
             if conn.close_reason().is_none() {
                 return Ok((conn.clone(), false));
@@ -304,10 +347,24 @@ impl RpcClient for QuicClient {
                 ),
             });
         }
+        let slot = self.slot_for(addr)?;
+        if slot.unresponsive(self.options.unresponsive_after) {
+            tracing::info!(%addr, "peer unresponsive on its connection: reconnecting");
+            slot.evict().await;
+        }
+        slot.calling();
         let conn = self.connection(addr).await?;
         let exchange = self.exchange(addr, conn, kind, &payload);
         match tokio::time::timeout(self.options.call_timeout, exchange).await {
-            Ok(result) => result,
+            Ok(result) => {
+                if matches!(
+                    result,
+                    Ok(_) | Err(RpcError::Remote { .. } | RpcError::Refused { .. })
+                ) {
+                    slot.answered();
+                }
+                result
+            }
             Err(_) => Err(RpcError::Timeout { addr }),
         }
     }
