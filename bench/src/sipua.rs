@@ -148,7 +148,11 @@ pub fn sdp_audio_target(body: &[u8]) -> Option<SocketAddr> {
         let line = line.trim();
         if let Some(c) = line.strip_prefix("c=IN IP4 ") {
             if port.is_none() || ip.is_none() {
-                ip = c.split_whitespace().next().and_then(|a| a.parse().ok()).or(ip);
+                ip = c
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .or(ip);
             }
         } else if let Some(m) = line.strip_prefix("m=audio ") {
             if port.is_none() {

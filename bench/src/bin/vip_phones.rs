@@ -110,7 +110,10 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     anyhow::ensure!((1..=500).contains(&a.calls), "--calls: 1..=500");
-    anyhow::ensure!(a.control.is_dir(), "--control must be an existing directory");
+    anyhow::ensure!(
+        a.control.is_dir(),
+        "--control must be an existing directory"
+    );
     anyhow::ensure!(a.max_s > 0.0 && a.max_s <= 900.0, "--max-s: (0, 900]");
     anyhow::ensure!(
         (1.0..=60.0).contains(&a.after_s),
@@ -510,12 +513,13 @@ impl Ua {
     // ---- incoming --------------------------------------------------------------------
 
     fn on_response(&mut self, msg: SipMessage) {
-        let (Some(code), Some(cid), Some((cseq, method))) = (msg.status(), msg.call_id(), msg.cseq())
+        let (Some(code), Some(cid), Some((cseq, method))) =
+            (msg.status(), msg.call_id(), msg.cseq())
         else {
             return;
         };
         let key = (cid.to_string(), cseq);
-        if code >= 200 && code < 300 && method == Method::Invite && !self.txs.contains_key(&key) {
+        if (200..300).contains(&code) && method == Method::Invite && !self.txs.contains_key(&key) {
             // a retransmitted 2xx: ACK again
             if let Some(&c) = self.by_call_id.get(cid) {
                 if let Some((bytes, dest)) = &self.calls[c].ack {
@@ -643,7 +647,14 @@ impl Ua {
                 let caller_dialog = self.by_call_id.get(&cid).copied();
                 let call = existing.or(caller_dialog).or(self.phones[p].expect.take());
                 let Some(c) = call else {
-                    let r = response(&msg, 480, "Temporarily Unavailable", Some(&token()), None, None);
+                    let r = response(
+                        &msg,
+                        480,
+                        "Temporarily Unavailable",
+                        Some(&token()),
+                        None,
+                        None,
+                    );
                     self.send(p, &r, src);
                     return;
                 };
@@ -768,10 +779,8 @@ impl Ua {
                 continue;
             }
             let w = wall_now();
-            for i in 0..fds.len() {
-                if fds[i].revents == 0 {
-                    continue;
-                }
+            let ready: Vec<usize> = (0..fds.len()).filter(|&i| fds[i].revents != 0).collect();
+            for i in ready {
                 let p = i / 2;
                 if i % 2 == 1 {
                     while let Ok((len, _)) = self.phones[p].rtp.recv_from(&mut buf) {
@@ -897,9 +906,13 @@ fn main() -> anyhow::Result<()> {
     }
     let phase = Instant::now() + Duration::from_secs(20);
     ua.run_until(phase, |u| {
-        u.calls.iter().all(|c| !matches!(c.state, CallState::Idle | CallState::Inviting))
+        u.calls
+            .iter()
+            .all(|c| !matches!(c.state, CallState::Idle | CallState::Inviting))
     });
-    let established: Vec<usize> = (0..n).filter(|&c| ua.calls[c].state == CallState::Up).collect();
+    let established: Vec<usize> = (0..n)
+        .filter(|&c| ua.calls[c].state == CallState::Up)
+        .collect();
     // audio must flow both ways in every established call before the crash
     let settle = Instant::now() + Duration::from_secs(5);
     let since = wall_now() + 0.5;
@@ -983,9 +996,11 @@ fn main() -> anyhow::Result<()> {
         let mut byed = std::collections::HashSet::new();
         loop {
             let done = ua.run_until(phase, |u| {
-                post.iter().all(|&c| {
-                    matches!(u.calls[c].state, CallState::Failed(_) | CallState::Ended)
-                }) || post.iter().any(|&c| u.calls[c].state == CallState::Up && !byed.contains(&c))
+                post.iter()
+                    .all(|&c| matches!(u.calls[c].state, CallState::Failed(_) | CallState::Ended))
+                    || post
+                        .iter()
+                        .any(|&c| u.calls[c].state == CallState::Up && !byed.contains(&c))
             });
             let up: Vec<usize> = post
                 .iter()
@@ -997,9 +1012,9 @@ fn main() -> anyhow::Result<()> {
                 ua.bye(c);
             }
             if !done
-                || post.iter().all(|&c| {
-                    matches!(ua.calls[c].state, CallState::Failed(_) | CallState::Ended)
-                })
+                || post
+                    .iter()
+                    .all(|&c| matches!(ua.calls[c].state, CallState::Failed(_) | CallState::Ended))
             {
                 break;
             }
