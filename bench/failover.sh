@@ -47,7 +47,7 @@
 #   goal ... PASS|FAIL  (median <= 500 ms, max <= 1000 ms, 0 registrations lost, >= 99 % calls keep audio)
 #
 # Env knobs: TRIALS (10, both systems), KA_TRIALS / SS_TRIALS (default TRIALS), CALLS (20),
-#   REG_RATE (50 REGISTER/s), REG_S (8), PROBE_MS (10), AFTER_S (4: calls run on after the
+#   REG_RATE (100 REGISTER/s), REG_S (8), PROBE_MS (10), AFTER_S (4: calls run on after the
 #   crash), SYSTEMS ("keepalived softswitch"), SOFTSWITCH_BIN, SWITCHCTL_BIN, BENCH_BIN
 #   (dir of vip_probe/vip_phones), NS_PREFIX (vipb<PID>), BUDGET_S (900), KEEP_SCRATCH=1,
 #   QUICK=1 (3 trials, 6 calls). Needs root, ip, keepalived, sipp, python3.
@@ -62,7 +62,7 @@ TRIALS="${TRIALS:-10}"
 KA_TRIALS="${KA_TRIALS:-$TRIALS}"
 SS_TRIALS="${SS_TRIALS:-$TRIALS}"
 CALLS="${CALLS:-20}"
-REG_RATE="${REG_RATE:-50}"
+REG_RATE="${REG_RATE:-100}"
 REG_S="${REG_S:-8}"
 PROBE_MS="${PROBE_MS:-10}"
 AFTER_S="${AFTER_S:-4}"
