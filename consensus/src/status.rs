@@ -129,7 +129,8 @@ fn from_metrics(
 ///
 /// A leader's lease is valid while a majority acknowledged it within `lease`. Metrics are
 /// published when something changes, not when time passes, so the lease is also checked
-/// every `recheck`: a cut-off leader stops claiming leadership within about `lease`.
+/// every `recheck` and at the instant it runs out: a cut-off leader stops claiming
+/// leadership when its lease ends.
 pub(crate) fn track(
     mut metrics: watch::Receiver<RaftMetrics<NodeId, Member>>,
     committed: Arc<AtomicU64>,
@@ -137,13 +138,20 @@ pub(crate) fn track(
     recheck: Duration,
 ) -> watch::Receiver<Status> {
     let mut ack_at = quorum_ack_at(&metrics.borrow(), Instant::now());
-    let valid = move |ack_at: Option<Instant>| ack_at.is_some_and(|t| t.elapsed() <= lease);
+    let valid = move |ack_at: Option<Instant>| ack_at.is_some_and(|t| t.elapsed() < lease);
     let first = from_metrics(&metrics.borrow_and_update(), &committed, valid(ack_at));
     let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(recheck);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // The lease ends at a known instant: wake then rather than at the next tick,
+            // so that a leader cut off lets go of what it holds (the virtual IP) before
+            // any other member can have been elected.
+            let expiry = ack_at
+                .map(|t| t + lease)
+                .filter(|t| *t > Instant::now())
+                .unwrap_or_else(|| Instant::now() + recheck);
             tokio::select! {
                 changed = metrics.changed() => {
                     if changed.is_err() {
@@ -152,6 +160,7 @@ pub(crate) fn track(
                     ack_at = quorum_ack_at(&metrics.borrow(), Instant::now());
                 }
                 _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(expiry) => {}
             }
             let next = from_metrics(&metrics.borrow_and_update(), &committed, valid(ack_at));
             tx.send_if_modified(|cur| {

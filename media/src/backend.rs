@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::ports::PortPair;
 use crate::session::{PeerMedia, SessionStats, Side};
 use crate::udp::{RelayCounters, RelayError, RelayEvent, RelayHandle, SessionId, SessionPorts};
 
@@ -45,6 +46,18 @@ impl MediaRelay {
     /// Opens a session (see [`RelayHandle::create_session`]).
     pub fn create_session(&self, a: PeerMedia, b: PeerMedia) -> Result<SessionPorts, RelayError> {
         each!(self, r => r.create_session(a, b))
+    }
+
+    /// Opens a session on exactly these port pairs, continuing calls another node
+    /// relayed (see [`RelayHandle::adopt_session`]).
+    pub fn adopt_session(
+        &self,
+        a: PortPair,
+        b: PortPair,
+        a_peer: PeerMedia,
+        b_peer: PeerMedia,
+    ) -> Result<SessionPorts, RelayError> {
+        each!(self, r => r.adopt_session(a, b, a_peer, b_peer))
     }
 
     /// Applies a new SDP from `side` (see [`RelayHandle::update`]).
@@ -100,7 +113,7 @@ impl MediaRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::PortRange;
+    use crate::ports::{PortError, PortRange};
     use crate::udp::{Relay, RelayConfig};
 
     #[test]
@@ -126,6 +139,37 @@ mod tests {
         assert_eq!(relay.stats(s.id).unwrap(), SessionStats::default());
         assert_eq!(relay.counters().sessions, 1);
         assert_eq!(relay.ports_available(), 8);
+        // The pairs of another node's session: taken as asked, then in use.
+        let (a, b) = (
+            PortPair {
+                rtp: 23414,
+                rtcp: 23415,
+            },
+            PortPair {
+                rtp: 23418,
+                rtcp: 23419,
+            },
+        );
+        let adopted = relay
+            .adopt_session(a, b, PeerMedia::unknown(), PeerMedia::unknown())
+            .unwrap();
+        assert_eq!((adopted.a, adopted.b), (a, b));
+        assert_ne!(adopted.id, s.id);
+        assert_eq!(relay.counters().sessions, 2);
+        assert_eq!(relay.ports_available(), 6);
+        assert!(matches!(
+            relay.adopt_session(b, a, PeerMedia::unknown(), PeerMedia::unknown()),
+            Err(RelayError::PortsInUse(23418))
+        ));
+        let outside = PortPair {
+            rtp: 23420,
+            rtcp: 23421,
+        };
+        assert!(matches!(
+            relay.adopt_session(outside, a, PeerMedia::unknown(), PeerMedia::unknown()),
+            Err(RelayError::Ports(PortError::NotInRange(23420)))
+        ));
+        relay.destroy(adopted.id).unwrap();
         relay.destroy(s.id).unwrap();
         assert!(relay.next_event(Duration::from_millis(1)).is_none());
     }

@@ -1,6 +1,8 @@
 //! RTP/RTCP port pairs (even RTP port, RTCP on the next odd port, RFC 3550 §11) from
 //! a configured range: bounded, O(1) allocate and release, least recently released
-//! first so that late packets of an ended call do not reach the next one.
+//! first so that late packets of an ended call do not reach the next one. A node that
+//! takes over another's calls reserves their exact pairs instead
+//! ([`PortAllocator::reserve`]).
 
 use std::collections::VecDeque;
 
@@ -23,8 +25,9 @@ impl Default for PortRange {
     }
 }
 
-/// An RTP port and its RTCP port (`rtp + 1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An RTP port and its RTCP port (`rtp + 1`). Serializable: replicated call records
+/// keep a session's pairs for the node that adopts it after a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PortPair {
     /// Even RTP port.
     pub rtp: u16,
@@ -49,6 +52,9 @@ pub enum PortError {
     /// The pair is not allocated (double release).
     #[error("port {0} is not allocated")]
     NotAllocated(u16),
+    /// The pair is already allocated (a reservation of a pair in use).
+    #[error("port {0} is already allocated")]
+    InUse(u16),
 }
 
 /// Allocator of [`PortPair`]s.
@@ -88,14 +94,30 @@ impl PortAllocator {
         Some(PortPair { rtp, rtcp: rtp + 1 })
     }
 
+    /// Takes the pair whose RTP port is `rtp`, free or not next in line: for a node
+    /// that continues sessions another node opened on these ports. O(free pairs),
+    /// which only take-overs pay, never the allocation of a new call.
+    pub fn reserve(&mut self, rtp: u16) -> Result<PortPair, PortError> {
+        let i = self.index(rtp)?;
+        match self.in_use.get_mut(usize::from(i)) {
+            None => Err(PortError::NotInRange(rtp)),
+            Some(true) => Err(PortError::InUse(rtp)),
+            Some(used) => {
+                // A free pair is in the queue exactly once.
+                let at = self.free.iter().position(|&f| f == i);
+                if let Some(at) = at {
+                    self.free.remove(at);
+                }
+                *used = true;
+                Ok(PortPair { rtp, rtcp: rtp + 1 })
+            }
+        }
+    }
+
     /// Returns the pair whose RTP port is `rtp`; it is handed out again after all
     /// pairs released before it.
     pub fn release(&mut self, rtp: u16) -> Result<(), PortError> {
-        let off = rtp
-            .checked_sub(self.first)
-            .filter(|o| o % 2 == 0)
-            .ok_or(PortError::NotInRange(rtp))?;
-        let i = off / 2;
+        let i = self.index(rtp)?;
         match self.in_use.get_mut(usize::from(i)) {
             None => Err(PortError::NotInRange(rtp)),
             Some(false) => Err(PortError::NotAllocated(rtp)),
@@ -105,6 +127,15 @@ impl PortAllocator {
                 Ok(())
             }
         }
+    }
+
+    /// The pair index of RTP port `rtp`, if it is an even port from the first one
+    /// on (the upper bound is `in_use`'s length).
+    fn index(&self, rtp: u16) -> Result<u16, PortError> {
+        rtp.checked_sub(self.first)
+            .filter(|o| o % 2 == 0)
+            .map(|o| o / 2)
+            .ok_or(PortError::NotInRange(rtp))
     }
 
     /// Pairs in the range.
@@ -178,6 +209,8 @@ mod tests {
                 PortError::EmptyRange { min, max }
             );
         }
+        assert_eq!(a.reserve(4001), Err(PortError::NotInRange(4001)));
+        assert_eq!(a.reserve(4004), Err(PortError::NotInRange(4004)));
         assert_eq!(
             PortAllocator::new(PortRange {
                 min: 65534,
@@ -187,5 +220,40 @@ mod tests {
             .capacity(),
             1
         );
+    }
+
+    #[test]
+    fn reserve_takes_that_exact_pair_whether_next_in_line_or_not() {
+        let mut a = PortAllocator::new(PortRange {
+            min: 6000,
+            max: 6009,
+        })
+        .unwrap();
+        // 6000 6002 6004 6006 6008: take one from the middle and the next in line.
+        assert_eq!(
+            a.reserve(6004),
+            Ok(PortPair {
+                rtp: 6004,
+                rtcp: 6005
+            })
+        );
+        assert_eq!(a.reserve(6000).map(|p| p.rtp), Ok(6000));
+        assert_eq!(a.available(), 3);
+        assert_eq!(a.reserve(6004), Err(PortError::InUse(6004)));
+        // Allocation skips the reserved pairs and keeps its order otherwise.
+        let got: Vec<u16> = std::iter::from_fn(|| a.allocate().map(|p| p.rtp)).collect();
+        assert_eq!(got, [6002, 6006, 6008]);
+        assert_eq!(a.reserve(6002), Err(PortError::InUse(6002)));
+        // A reserved pair is released like an allocated one, and can be reserved again.
+        a.release(6004).unwrap();
+        assert_eq!(a.release(6004), Err(PortError::NotAllocated(6004)));
+        assert_eq!(a.available(), 1);
+        assert_eq!(a.reserve(6004).map(|p| p.rtp), Ok(6004));
+        assert_eq!(a.allocate(), None);
+        a.release(6008).unwrap();
+        a.release(6004).unwrap();
+        assert_eq!(a.allocate().map(|p| p.rtp), Some(6008));
+        assert_eq!(a.allocate().map(|p| p.rtp), Some(6004));
+        assert_eq!(a.available(), 0);
     }
 }

@@ -66,8 +66,9 @@ pub enum SdpError {
     },
 }
 
-/// Media direction (RFC 3264 §5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Media direction (RFC 3264 §5.1). Serialized as its SDP attribute name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// `a=sendrecv` (the default).
     #[default]

@@ -50,8 +50,10 @@ pub enum Channel {
     Rtcp,
 }
 
-/// What signalling (SDP) says about one side's peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What signalling (SDP) says about one side's peer. Serializable: call records
+/// replicated through the cluster keep it, so that the node the virtual IP moves to
+/// can adopt the session ([`crate::udp::RelayHandle::adopt_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerMedia {
     /// Where it wants RTP; `None` while unknown (no answer yet) or on hold with
     /// 0.0.0.0.
@@ -741,5 +743,20 @@ mod tests {
         assert_eq!(st.b.dtmf_events, 0);
         assert_eq!(st.a.rx.packets, 12);
         assert_eq!(st.a.forwarded_packets, 12);
+    }
+
+    #[test]
+    fn peer_media_survives_a_call_record_round_trip() {
+        let p = PeerMedia {
+            direction: Direction::SendOnly,
+            rtcp_mux: true,
+            ..peer("192.168.1.10:4000")
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.contains("\"sendonly\""), "{text}");
+        assert_eq!(serde_json::from_str::<PeerMedia>(&text).unwrap(), p);
+        let unknown = PeerMedia::unknown();
+        let text = serde_json::to_string(&unknown).unwrap();
+        assert_eq!(serde_json::from_str::<PeerMedia>(&text).unwrap(), unknown);
     }
 }

@@ -23,6 +23,7 @@ use media::dpdk::{DpdkConfig, DpdkRelay};
 use media::ports::PortRange;
 use media::rtp::RtpHeader;
 use media::session::PeerMedia;
+use media::udp::RelayError;
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PHONE_A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -207,20 +208,18 @@ fn dpdk_relays_rtp_between_two_namespaces() {
 
     let a = phone(ns.path(1), PHONE_A, 4000);
     let b = phone(ns.path(2), PHONE_B, 5000);
-    let s = relay
-        .create_session(
-            PeerMedia {
-                rtp: Some(SocketAddr::new(PHONE_A.into(), 4000)),
-                rtcp: Some(SocketAddr::new(PHONE_A.into(), 4001)),
-                ..PeerMedia::unknown()
-            },
-            PeerMedia {
-                rtp: Some(SocketAddr::new(PHONE_B.into(), 5000)),
-                rtcp: Some(SocketAddr::new(PHONE_B.into(), 5001)),
-                ..PeerMedia::unknown()
-            },
-        )
-        .unwrap();
+    let peer_a = PeerMedia {
+        rtp: Some(SocketAddr::new(PHONE_A.into(), 4000)),
+        rtcp: Some(SocketAddr::new(PHONE_A.into(), 4001)),
+        ..PeerMedia::unknown()
+    };
+    let peer_b = PeerMedia {
+        rtp: Some(SocketAddr::new(PHONE_B.into(), 5000)),
+        rtcp: Some(SocketAddr::new(PHONE_B.into(), 5001)),
+        ..PeerMedia::unknown()
+    };
+    let s = relay.create_session(peer_a, peer_b).unwrap();
+    let first = s;
     assert_eq!(s.addr, IpAddr::V4(RELAY));
     let to_relay = |port| SocketAddr::new(RELAY.into(), port);
 
@@ -291,21 +290,51 @@ fn dpdk_relays_rtp_between_two_namespaces() {
 
     // The port serves a new relay after the first one stopped.
     let relay = DpdkRelay::start(config).expect("second relay starts");
+    b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+
+    // It continues the first relay's call on the same ports (as the node the virtual
+    // IP moves to does); the phones send where they did. Its neighbour table starts
+    // empty: A's first packet teaches it A's MAC and is dropped while B is resolved.
+    let adopted = relay
+        .adopt_session(first.a, first.b, peer_a, peer_b)
+        .unwrap();
+    assert_eq!((adopted.a, adopted.b), (first.a, first.b));
+    assert_eq!(relay.ports_available(), 48);
+    a.send_to(&rtp(1), to_relay(first.a.rtp)).unwrap();
+    wait_for(|| relay.counters().dropped >= 1);
+    for seq in 2..12 {
+        b.send_to(&rtp(seq), to_relay(first.b.rtp)).unwrap();
+        assert_eq!(recv(&a), (rtp(seq), to_relay(first.a.rtp)));
+        a.send_to(&rtp(seq), to_relay(first.a.rtp)).unwrap();
+        assert_eq!(recv(&b), (rtp(seq), to_relay(first.b.rtp)));
+    }
+    assert!(matches!(
+        relay.adopt_session(first.b, first.a, peer_b, peer_a),
+        Err(RelayError::PortsInUse(p)) if p == first.b.rtp
+    ));
+    wait_for(|| relay.counters().forwarded == 20);
+    let st = relay.destroy(adopted.id).unwrap();
+    // A's first packet counts as received (and as forwarded by the session, which
+    // does not know the relay found no MAC for it).
+    assert_eq!((st.a.rx.packets, st.b.rx.packets), (11, 10));
+    assert_eq!(st.b.forwarded_packets, 10);
+    assert_eq!(relay.ports_available(), 50);
+    let (dropped, forwarded) = (relay.counters().dropped, relay.counters().forwarded);
+
     let s = relay
         .create_session(PeerMedia::unknown(), PeerMedia::unknown())
         .unwrap();
     // Nothing known about B yet: A's first packet latches A and is dropped; B's then
-    // goes to A, and A's next one to B (the relay learned B's MAC from B's packet).
+    // goes to A, and A's next one to B.
     a.send_to(&rtp(1), to_relay(s.a.rtp)).unwrap();
-    b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    wait_for(|| relay.counters().dropped >= 1);
+    wait_for(|| relay.counters().dropped > dropped);
     b.send_to(&rtp(2), to_relay(s.b.rtp)).unwrap();
     assert_eq!(recv(&a).0, rtp(2));
     a.send_to(&rtp(3), to_relay(s.a.rtp)).unwrap();
     assert_eq!(recv(&b).0, rtp(3));
     // The relay counts a burst right after sending it: B may read first.
-    wait_for(|| relay.counters().forwarded == 2);
-    assert_eq!(relay.counters().forwarded, 2);
+    wait_for(|| relay.counters().forwarded == forwarded + 2);
+    assert_eq!(relay.counters().forwarded, forwarded + 2);
     drop(relay);
     drop(ns);
 }

@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub cluster: ClusterSection,
     /// `[media]`: the RTP relay calls' media is anchored on.
     pub media: MediaSection,
+    /// `[vip]`: the virtual IP phones and trunks use, held by the Raft leader.
+    pub vip: VipSection,
     /// `[log]`: logging.
     pub log: LogSection,
 }
@@ -370,6 +372,92 @@ impl Default for ClusterSection {
     }
 }
 
+/// An address with its prefix length, written `10.0.0.100/24` or `fd00::100/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The address.
+    pub ip: std::net::IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not address/prefix (e.g. 10.0.0.100/24)"))?;
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IP address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("prefix {prefix:?} is not 0..={max}"))?;
+        Ok(Cidr { ip, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix)
+    }
+}
+
+/// `[vip]`: the cluster's virtual IP. Only the Raft leader holding its lease holds it:
+/// it adds the address to `interface`, announces it (gratuitous ARP, unsolicited
+/// neighbour advertisements), and answers SIP and RTP on it; it removes it the moment it
+/// loses leadership, its lease or the majority.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VipSection {
+    /// The IPv4 virtual IP with its prefix, e.g. `10.0.0.100/24` (default none: no VIP).
+    pub address: Option<Cidr>,
+    /// An IPv6 virtual IP with its prefix, held together with `address` (optional).
+    pub address6: Option<Cidr>,
+    /// The interface the holder adds the address(es) to, e.g. `eth0` (required with a VIP).
+    pub interface: String,
+    /// Gratuitous ARPs / unsolicited neighbour advertisements sent on takeover
+    /// (default 5).
+    pub announce_count: u32,
+    /// Time between two announcements (default 200 ms).
+    pub announce_interval_ms: u64,
+}
+
+impl Default for VipSection {
+    fn default() -> Self {
+        VipSection {
+            address: None,
+            address6: None,
+            interface: String::new(),
+            announce_count: 5,
+            announce_interval_ms: 200,
+        }
+    }
+}
+
+impl VipSection {
+    /// True when a virtual IP is configured.
+    pub fn enabled(&self) -> bool {
+        self.address.is_some() || self.address6.is_some()
+    }
+
+    /// The VIP of this family, if configured.
+    pub fn ip(&self, v6: bool) -> Option<std::net::IpAddr> {
+        if v6 { self.address6 } else { self.address }.map(|c| c.ip)
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -413,10 +501,35 @@ impl NodeConfig {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
-        let cfg: NodeConfig =
+        let mut cfg: NodeConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
+        cfg.bind_to_vip();
         Ok(cfg)
+    }
+
+    /// With a virtual IP, listeners on the unspecified address (the defaults) bind to
+    /// the VIP of their family instead: answers must leave from the address phones sent
+    /// to, and only the holder may answer.
+    fn bind_to_vip(&mut self) {
+        let vip = &self.vip;
+        if !vip.enabled() {
+            return;
+        }
+        let rebind = |a: &mut SocketAddr| {
+            if a.ip().is_unspecified() {
+                if let Some(ip) = vip.ip(a.is_ipv6()) {
+                    a.set_ip(ip);
+                }
+            }
+        };
+        self.sip.udp.iter_mut().for_each(rebind);
+        self.sip.tcp.iter_mut().for_each(rebind);
+        if self.media.listen.is_unspecified() {
+            if let Some(ip) = vip.ip(self.media.listen.is_ipv6()) {
+                self.media.listen = ip;
+            }
+        }
     }
 
     /// Checks ranges and cross-field rules.
@@ -582,6 +695,43 @@ impl NodeConfig {
         if self.calls.max_calls == 0 {
             return bad("calls.max_calls", "must be positive");
         }
+        let v = &self.vip;
+        if v.enabled() {
+            if v.address.is_some_and(|c| !c.ip.is_ipv4()) {
+                return bad(
+                    "vip.address",
+                    "must be an IPv4 address (IPv6 goes in vip.address6)",
+                );
+            }
+            if v.address6.is_some_and(|c| !c.ip.is_ipv6()) {
+                return bad("vip.address6", "must be an IPv6 address");
+            }
+            if let Some(c) = v
+                .address
+                .or(v.address6)
+                .filter(|c| c.ip.is_unspecified() || c.ip.is_multicast() || c.ip.is_loopback())
+            {
+                return bad("vip.address", &format!("{} is not a unicast address", c.ip));
+            }
+            if v.interface.is_empty() || v.interface.len() > 15 || v.interface.contains('/') {
+                return bad(
+                    "vip.interface",
+                    "required with a VIP: an interface name such as eth0",
+                );
+            }
+            if !self.cluster.enabled {
+                return bad(
+                    "vip.address",
+                    "needs cluster.enabled: the Raft leader holds the VIP",
+                );
+            }
+            if v.announce_count == 0 || v.announce_count > 100 {
+                return bad("vip.announce_count", "must be 1..=100");
+            }
+            if v.announce_interval_ms == 0 || v.announce_interval_ms > 10_000 {
+                return bad("vip.announce_interval_ms", "must be 1..=10000");
+            }
+        }
         Ok(())
     }
 }
@@ -689,6 +839,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.media.kernel_interface, "eth0");
+    }
+
+    #[test]
+    fn vip_is_checked_and_rebinds_the_default_listeners() {
+        let c = NodeConfig::from_toml("").unwrap();
+        assert!(!c.vip.enabled());
+        let vip = "[vip]\naddress = \"10.1.2.100/24\"\ninterface = \"eth0\"\n";
+        let c = NodeConfig::from_toml(vip).unwrap();
+        assert_eq!(c.sip.udp, vec!["10.1.2.100:5060".parse().unwrap()]);
+        assert_eq!(
+            c.media.listen,
+            "10.1.2.100".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(c.vip.address.unwrap().prefix, 24);
+        assert_eq!((c.vip.announce_count, c.vip.announce_interval_ms), (5, 200));
+        let explicit = format!("{vip}[sip]\nudp = [\"127.0.0.1:5070\"]\n");
+        let c = NodeConfig::from_toml(&explicit).unwrap();
+        assert_eq!(c.sip.udp, vec!["127.0.0.1:5070".parse().unwrap()]);
+        for (text, field) in [
+            (
+                "[vip]\naddress = \"10.1.2.100\"\ninterface = \"eth0\"\n",
+                "address",
+            ),
+            (
+                "[vip]\naddress = \"10.1.2.100/33\"\ninterface = \"eth0\"\n",
+                "address",
+            ),
+            ("[vip]\naddress = \"10.1.2.100/24\"\n", "vip.interface"),
+            (
+                "[vip]\naddress = \"fd00::1/64\"\ninterface = \"eth0\"\n",
+                "vip.address",
+            ),
+            (
+                "[vip]\naddress6 = \"10.0.0.1/24\"\ninterface = \"eth0\"\n",
+                "vip.address6",
+            ),
+            (&format!("{vip}announce_count = 0\n"), "vip.announce_count"),
+            (&format!("{vip}[cluster]\nenabled = false\n"), "vip.address"),
+        ] {
+            let e = NodeConfig::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -374,6 +374,8 @@ pub struct Feeds {
     pub media: Option<mpsc::Receiver<media::udp::RelayEvent>>,
     /// Fires when the node stops: the core starts its last writes and returns.
     pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The virtual IP coming to this node (take the calls over) and going.
+    pub vip: Option<mpsc::UnboundedReceiver<crate::cluster::vip::VipEvent>>,
 }
 
 /// A REGISTER answer held until its binding is written: the transaction, the 200, and
@@ -507,6 +509,30 @@ impl Core {
         self.commit(now);
     }
 
+    /// The virtual IP arrives (continue the cluster's calls here) or leaves (they are
+    /// another node's now).
+    pub fn on_vip(&mut self, event: crate::cluster::vip::VipEvent, now: Instant) {
+        match event {
+            crate::cluster::vip::VipEvent::Acquired { calls, ack } => {
+                let mut ctx = ctx!(self, now);
+                let done = self.calls.take_over(&mut ctx, calls);
+                tracing::info!(
+                    continued = done.continued,
+                    ended = done.ended,
+                    "calls taken over with the VIP"
+                );
+                self.flush(now);
+                self.commit(now);
+                let _ = ack.send(());
+            }
+            crate::cluster::vip::VipEvent::Released => {
+                let forgotten = self.calls.forget_all();
+                self.outbox.clear();
+                tracing::info!(calls = forgotten, "VIP gone: calls left to the new holder");
+            }
+        }
+    }
+
     /// What the replicated state reports: one change, or a whole new state.
     pub fn on_replicated(&mut self, change: crate::cluster::Applied) {
         match change {
@@ -564,6 +590,7 @@ impl Core {
             mut applied,
             mut media,
             stop,
+            mut vip,
         } = feeds;
         let mut stop = stop;
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
@@ -576,6 +603,11 @@ impl Core {
             if let Some(w) = written.as_mut() {
                 while let Ok((id, result)) = w.try_recv() {
                     self.on_written(id, result, Instant::now());
+                }
+            }
+            if let Some(v) = vip.as_mut() {
+                while let Ok(event) = v.try_recv() {
+                    self.on_vip(event, Instant::now());
                 }
             }
             let started = Instant::now();
@@ -662,6 +694,12 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            let vip_event = async {
+                match vip.as_mut() {
+                    Some(v) => v.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => chunk.push(m),
@@ -673,6 +711,10 @@ impl Core {
                 c = change => match c {
                     Some(change) => self.on_replicated(change),
                     None => applied = None,
+                },
+                v = vip_event => match v {
+                    Some(event) => self.on_vip(event, Instant::now()),
+                    None => vip = None,
                 },
                 e = media_event => match e {
                     Some(event) => self.on_media_event(event, Instant::now()),

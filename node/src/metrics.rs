@@ -40,6 +40,18 @@ pub struct Metrics {
     pub no_quorum_rejects: AtomicU64,
     /// Store writes that failed.
     pub store_errors: AtomicU64,
+    /// Times this node took the virtual IP over.
+    pub vip_acquired: AtomicU64,
+    /// Times this node let go of the virtual IP.
+    pub vip_released: AtomicU64,
+    /// Gauge: 1 while this node holds the virtual IP.
+    pub vip_held: AtomicU64,
+    /// SIP messages not sent because this node does not hold the VIP.
+    pub vip_sends_dropped: AtomicU64,
+    /// Answered calls taken over from another node's records.
+    pub calls_taken_over: AtomicU64,
+    /// Ringing calls ended because the node handling them went away.
+    pub calls_failed_over: AtomicU64,
 }
 
 impl Metrics {
@@ -72,6 +84,12 @@ impl Metrics {
             ("overload_rejects", g(&self.overload_rejects)),
             ("no_quorum_rejects", g(&self.no_quorum_rejects)),
             ("store_errors", g(&self.store_errors)),
+            ("vip_acquired", g(&self.vip_acquired)),
+            ("vip_released", g(&self.vip_released)),
+            ("vip_held", g(&self.vip_held)),
+            ("vip_sends_dropped", g(&self.vip_sends_dropped)),
+            ("calls_taken_over", g(&self.calls_taken_over)),
+            ("calls_failed_over", g(&self.calls_failed_over)),
         ]
     }
 }

@@ -15,6 +15,7 @@ use media::backend::MediaRelay;
 use media::ports::PortRange;
 use media::udp::{Relay, RelayConfig, RelayEvent};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -261,6 +262,8 @@ fn start_relay(
             // Without SO_REUSEPORT a port another process (another node on the same host)
             // holds is skipped, instead of that process getting half of the traffic.
             reuse_port: false,
+            // Every member binds the VIP's ports; only the holder receives on them.
+            freebind: cfg.vip.enabled(),
             kernel_forwarding: m
                 .kernel_program
                 .as_ref()
@@ -348,6 +351,8 @@ struct CoreStart {
     relay: Option<Arc<MediaRelay>>,
     cluster: Option<tokio::sync::watch::Receiver<consensus::Status>>,
     metrics: Arc<Metrics>,
+    /// Open while this node holds the VIP its listeners are bound to.
+    send_gate: Option<Arc<AtomicBool>>,
 }
 
 /// Starts the SIP core on a thread of its own with a single-threaded runtime, which also
@@ -404,6 +409,7 @@ async fn open_core(
         relay,
         cluster,
         metrics,
+        send_gate,
     } = start;
     let (tx, rx) = mpsc::channel(cfg.sip.queue_depth);
     let transports = Transports::start(
@@ -413,6 +419,8 @@ async fn open_core(
             tcp_idle_timeout: Duration::from_secs(cfg.sip.tcp_idle_timeout_secs),
             tcp_max_per_ip: cfg.sip.tcp_max_connections_per_ip,
             tcp_max_total: cfg.sip.tcp_max_connections,
+            freebind: cfg.vip.enabled(),
+            send_gate: send_gate.clone(),
         },
         tx,
         metrics.clone(),
@@ -455,11 +463,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         None => (None, None),
     };
     let (stop_core, stop) = tokio::sync::oneshot::channel();
+    let (vip, vip_events, send_gate) = match prepare_vip(&cfg, &backing, &metrics)? {
+        Some(p) => (Some(p.controller), Some(p.events), Some(p.gate)),
+        None => (None, None, None),
+    };
     let feeds = Feeds {
         written,
         applied: Some(applied_rx),
         media: media_events,
         stop: Some(stop),
+        vip: vip_events,
     };
     let relay_stats = relay.clone();
     let (core_started, core_ended) = spawn_core(CoreStart {
@@ -473,10 +486,20 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             Backing::Local(_) => None,
         },
         metrics: metrics.clone(),
+        send_gate,
     })?;
     core_started
         .await
         .map_err(|_| anyhow::anyhow!("the SIP core thread stopped while starting"))??;
+    // Started once the core listens: its first act may be handing the core the calls.
+    let vip_task = match (vip, &backing) {
+        (Some(controller), Backing::Cluster { member, .. }) => {
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(controller.run(member.watch(), stop_rx));
+            Some((stop_tx, task))
+        }
+        _ => None,
+    };
     if cfg.admin.enabled {
         let state = Arc::new(crate::admin::AdminState {
             node_id: cfg.node.id,
@@ -541,8 +564,74 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut core_ended).await;
         }
     }
+    if let Some((stop, task)) = vip_task {
+        // The address goes before the member stops, so no one finds it on a dead node.
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     backing.shutdown().await;
     Ok(())
+}
+
+/// The VIP controller and what the core needs to follow it.
+struct VipParts {
+    controller: crate::cluster::vip::Controller,
+    events: mpsc::UnboundedReceiver<crate::cluster::vip::VipEvent>,
+    gate: Arc<AtomicBool>,
+}
+
+/// Prepares the VIP controller when `[vip]` is configured (a cluster member's only).
+fn prepare_vip(
+    cfg: &NodeConfig,
+    backing: &Backing,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<VipParts>> {
+    use crate::cluster::vip::{Controller, Vip};
+    if !cfg.vip.enabled() {
+        return Ok(None);
+    }
+    let Backing::Cluster { member, .. } = backing else {
+        anyhow::bail!("invalid configuration: field `vip.address`: needs cluster.enabled");
+    };
+    let vip = Vip::new(&cfg.vip).with_context(|| {
+        format!(
+            "invalid configuration: field `vip.interface`: cannot use {:?}",
+            cfg.vip.interface
+        )
+    })?;
+    let (core, events) = mpsc::unbounded_channel();
+    let gate = Arc::new(AtomicBool::new(false));
+    // Weak: the member must be free to stop while the controller lingers.
+    let state = Arc::downgrade(member);
+    let controller = Controller {
+        vip,
+        node: cfg.node.id,
+        gate: gate.clone(),
+        core,
+        read_calls: Box::new(move || {
+            let Some(m) = state.upgrade() else {
+                return Vec::new();
+            };
+            match m.read(store::calls) {
+                Ok(Ok(calls)) => calls,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the replicated calls");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the replicated calls");
+                    Vec::new()
+                }
+            }
+        }),
+        metrics: metrics.clone(),
+        on_switchover: Box::new(|_| {}),
+    };
+    Ok(Some(VipParts {
+        controller,
+        events,
+        gate,
+    }))
 }
 
 async fn shutdown_signal() {

@@ -27,6 +27,7 @@ pub use serde_json::Value;
 pub mod capture;
 pub mod cluster;
 pub mod netns;
+pub mod phone;
 
 /// Directory of this crate (`tests/`).
 pub fn crate_dir() -> PathBuf {
@@ -256,6 +257,9 @@ pub struct NodeOpts {
     pub bootstrap: bool,
     /// More lines for the `[cluster]` section (e.g. `snapshot_every = 500`).
     pub cluster_toml: String,
+    /// A virtual IP (a /24 on the lab bridge, on the host's `eth0`): SIP listens on it,
+    /// and the node is ready when its admin API is (only the holder answers SIP).
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for NodeOpts {
@@ -276,6 +280,7 @@ impl Default for NodeOpts {
             data_dir: None,
             bootstrap: true,
             cluster_toml: String::new(),
+            vip: None,
         }
     }
 }
@@ -314,6 +319,8 @@ pub struct Node {
     _tmp: Option<tempfile::TempDir>,
     log_path: PathBuf,
     netns: Option<String>,
+    /// Listens on a virtual IP it may not hold: ready is the admin API's word.
+    vip: bool,
 }
 
 impl Node {
@@ -327,9 +334,17 @@ impl Node {
         }
         let tmp = tempfile::Builder::new().prefix("e2e-node-").tempdir()?;
         let dir = tmp.path().to_path_buf();
-        let (ip, port) = match &opts.host {
-            Some(h) => (h.ip.to_string(), 5060),
-            None => ("127.0.0.1".to_string(), free_port()),
+        let (ip, port) = match (&opts.host, opts.vip) {
+            (_, Some(vip)) => (vip.to_string(), 5060),
+            (Some(h), None) => (h.ip.to_string(), 5060),
+            (None, None) => ("127.0.0.1".to_string(), free_port()),
+        };
+        let vip_toml = match opts.vip {
+            Some(vip) => format!(
+                "[vip]\naddress = \"{vip}/24\"\ninterface = \"{}\"\nannounce_interval_ms = 100\n",
+                netns::HOST_INTERFACE
+            ),
+            None => String::new(),
         };
         let netns = opts.host.as_ref().map(|h| h.netns.clone());
         let admin: SocketAddr = match &opts.host {
@@ -380,6 +395,7 @@ listen = "{admin}"
 raft_listen = "{raft}"
 bootstrap = {bootstrap}
 {cluster_toml}
+{vip_toml}
 [log]
 level = "{level}"
 {extra}"#,
@@ -425,6 +441,7 @@ level = "{level}"
             _tmp: tmp,
             log_path,
             netns,
+            vip: opts.vip.is_some(),
         };
         node.wait_ready(Duration::from_secs(30))?;
         Ok(node)
@@ -467,7 +484,11 @@ level = "{level}"
                     tail(&self.log(), 40)
                 );
             }
-            if self.options_ok(Duration::from_millis(300)) {
+            if self.vip {
+                if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                    return Ok(());
+                }
+            } else if self.options_ok(Duration::from_millis(300)) {
                 return Ok(());
             }
             // not listening yet (ICMP port unreachable returns at once): do not spin

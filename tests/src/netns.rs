@@ -18,6 +18,9 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// The name of every host's interface on the bridge, inside its namespace.
+pub const HOST_INTERFACE: &str = "eth0";
+
 /// Labs created by this process, to give each its own names and subnet.
 static LABS: AtomicU32 = AtomicU32::new(0);
 
@@ -116,6 +119,16 @@ impl Lab {
                 "link", "add", &host.port, "type", "veth", "peer", "name", &inner,
             ])?;
             ip(&["link", "set", &inner, "netns", &host.netns])?;
+            ip(&[
+                "-n",
+                &host.netns,
+                "link",
+                "set",
+                &inner,
+                "name",
+                HOST_INTERFACE,
+            ])?;
+            let inner = HOST_INTERFACE.to_string();
             ip(&["link", "set", &host.port, "master", &lab.bridge])?;
             ip(&["link", "set", &host.port, "up"])?;
             let ns = host.netns.as_str();
@@ -163,6 +176,31 @@ impl Lab {
     /// Host `i`'s address.
     pub fn ip(&self, i: usize) -> Ipv4Addr {
         self.hosts[i].ip
+    }
+
+    /// An address on the bridge's subnet that no host has, for a virtual IP.
+    pub fn spare_ip(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.gateway.octets();
+        Ipv4Addr::new(a, b, c, 100)
+    }
+
+    /// A UDP socket bound to `port` (0: any) on host `i`'s address, inside its
+    /// namespace: the test process then talks from that host as a phone would.
+    pub fn udp_socket(&self, i: usize, port: u16) -> Result<std::net::UdpSocket> {
+        let path = format!("/var/run/netns/{}", self.hosts[i].netns);
+        let addr = std::net::SocketAddr::from((self.hosts[i].ip, port));
+        // setns moves only the calling thread: a thread of its own enters, binds, ends.
+        std::thread::spawn(move || -> Result<std::net::UdpSocket> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: a namespace file descriptor; affects this thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            std::net::UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
     }
 }
 

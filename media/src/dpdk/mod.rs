@@ -39,7 +39,10 @@ pub use dpdk_sys as sys;
 use crate::arp::ArpConfig;
 use crate::ports::{PortAllocator, PortPair, PortRange};
 use crate::session::{PeerMedia, Session, SessionConfig, SessionStats, Side, DEFAULT_RTP_TIMEOUT};
-use crate::udp::{RelayCounters, RelayError, RelayEvent, SessionId, SessionPorts};
+use crate::udp::{
+    check_adopted_pairs, reserve_error, RelayCounters, RelayError, RelayEvent, SessionId,
+    SessionPorts,
+};
 use crate::wire::Mac;
 use worker::{Command, Counters, Link, Pool, WorkerParts};
 
@@ -526,6 +529,46 @@ impl DpdkRelay {
             let _ = c.ports.release(pa.rtp);
             return Err(RelayError::PortsExhausted);
         };
+        self.open(&mut c, a, b, pa, pb)
+    }
+
+    /// Opens a session on exactly the port pairs `a` and `b`, for a relay that
+    /// continues another one's calls (see [`crate::udp::RelayHandle::adopt_session`]):
+    /// the ports are only entries of this relay's table, so any pair of the range
+    /// that no session of this relay holds can be taken.
+    pub fn adopt_session(
+        &self,
+        a: PortPair,
+        b: PortPair,
+        a_peer: PeerMedia,
+        b_peer: PeerMedia,
+    ) -> Result<SessionPorts, RelayError> {
+        check_adopted_pairs(a, b)?;
+        let mut c = self.control();
+        if c.sessions.len() >= self.config.max_sessions {
+            return Err(RelayError::TooManySessions(self.config.max_sessions));
+        }
+        let pa = c.ports.reserve(a.rtp).map_err(reserve_error)?;
+        let pb = match c.ports.reserve(b.rtp) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = c.ports.release(pa.rtp);
+                return Err(reserve_error(e));
+            }
+        };
+        self.open(&mut c, a_peer, b_peer, pa, pb)
+    }
+
+    /// Hands a session on its allocated pairs to the forwarding thread; on failure
+    /// the pairs go back to the allocator.
+    fn open(
+        &self,
+        c: &mut Control,
+        a: PeerMedia,
+        b: PeerMedia,
+        pa: PortPair,
+        pb: PortPair,
+    ) -> Result<SessionPorts, RelayError> {
         let id = SessionId(c.next_id);
         c.next_id += 1;
         let session = Session::new(

@@ -10,6 +10,11 @@
 //! to, and closing a session only queues the close (its ports return to the allocator
 //! once the thread has closed the sockets).
 //!
+//! A node that takes over another node's calls (the cluster's virtual IP moved to it)
+//! continues their media on the same ports with [`RelayHandle::adopt_session`]; with
+//! [`RelayConfig::freebind`] every node's relay binds to the virtual IP before
+//! holding it.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), media::udp::RelayError> {
 //! use media::session::{PeerMedia, Side};
@@ -37,7 +42,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use batch::{MAX_DATAGRAM, RECV_BATCH};
-pub use socket::bind_udp;
+pub use socket::{bind_udp, SocketOptions};
 
 use crate::ports::{PortAllocator, PortError, PortPair, PortRange};
 use crate::session::{
@@ -99,6 +104,11 @@ pub struct RelayConfig {
     pub spare_pairs: usize,
     /// Set `SO_REUSEPORT` on media sockets.
     pub reuse_port: bool,
+    /// Set `IP_FREEBIND` (`IPV6_FREEBIND`) on media sockets (default off), so that
+    /// `bind` may be an address this node does not hold (yet): the cluster's virtual
+    /// IP, which every node's relay binds to so that the node it moves to can
+    /// continue the calls on their ports ([`RelayHandle::adopt_session`]).
+    pub freebind: bool,
     /// The in-kernel fast path (default off): once a session has both sides latched
     /// and neither holds, its RTP streams are forwarded by a TC classifier and never
     /// reach the sockets (see [`crate::kernel`]). Needs root and `bind` a specific
@@ -117,6 +127,7 @@ impl Default for RelayConfig {
             event_queue: 4096,
             spare_pairs: 64,
             reuse_port: true,
+            freebind: false,
             kernel_forwarding: None,
         }
     }
@@ -134,6 +145,18 @@ pub enum RelayError {
     /// No free port pair could be bound.
     #[error("no free media port pair")]
     PortsExhausted,
+    /// A pair to adopt is held by a live session of this relay (or by one whose
+    /// close is still queued).
+    #[error("media port {0} is in use by another session")]
+    PortsInUse(u16),
+    /// The pairs to adopt are not two distinct RTP/RTCP pairs (`rtcp == rtp + 1`).
+    #[error("media ports {a:?} and {b:?} are not two distinct RTP/RTCP pairs")]
+    NotPortPairs {
+        /// Side A's pair as asked.
+        a: PortPair,
+        /// Side B's pair as asked.
+        b: PortPair,
+    },
     /// `max_sessions` reached.
     #[error("media session limit ({0}) reached")]
     TooManySessions(usize),
@@ -181,6 +204,26 @@ pub struct RelayCounters {
     pub kernel_forwarded: u64,
 }
 
+/// Checks that `a` and `b`, pairs to adopt, are two distinct RTP/RTCP pairs (whether
+/// they belong to the range is the allocator's to say).
+pub(crate) fn check_adopted_pairs(a: PortPair, b: PortPair) -> Result<(), RelayError> {
+    let pair = |p: PortPair| p.rtp.checked_add(1) == Some(p.rtcp);
+    if pair(a) && pair(b) && a.rtp != b.rtp {
+        Ok(())
+    } else {
+        Err(RelayError::NotPortPairs { a, b })
+    }
+}
+
+/// The relay's error for a refused [`PortAllocator::reserve`]: a pair in use is the
+/// caller's conflict, not a broken range.
+pub(crate) fn reserve_error(e: PortError) -> RelayError {
+    match e {
+        PortError::InUse(rtp) => RelayError::PortsInUse(rtp),
+        e => RelayError::Ports(e),
+    }
+}
+
 /// How many pairs to try when binding fails on ports held by other processes.
 const BIND_ATTEMPTS: usize = 32;
 /// How long the binder waits before trying again when no pair could be bound.
@@ -207,7 +250,7 @@ struct Spares {
     taken: Condvar,
     ports: Arc<Mutex<PortAllocator>>,
     bind: IpAddr,
-    reuse_port: bool,
+    options: SocketOptions,
     target: usize,
 }
 
@@ -220,6 +263,12 @@ impl Spares {
         self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Binds the sockets of `pair`.
+    fn bind(&self, pair: PortPair) -> io::Result<UdpPair> {
+        let bind = |port| bind_udp(SocketAddr::new(self.bind, port), self.options);
+        Ok([bind(pair.rtp)?, bind(pair.rtcp)?])
+    }
+
     /// Binds a pair from the allocator, skipping pairs another process holds.
     fn bind_pair(&self) -> Result<(PortPair, UdpPair), RelayError> {
         let mut busy = Vec::new();
@@ -228,16 +277,13 @@ impl Spares {
             let Some(pair) = self.allocator().allocate() else {
                 break;
             };
-            let bind = |port| bind_udp(SocketAddr::new(self.bind, port), self.reuse_port);
-            match (bind(pair.rtp), bind(pair.rtcp)) {
-                (Ok(rtp), Ok(rtcp)) => {
-                    result = Ok((pair, [rtp, rtcp]));
+            match self.bind(pair) {
+                Ok(sockets) => {
+                    result = Ok((pair, sockets));
                     break;
                 }
-                (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::AddrInUse => {
-                    busy.push(pair)
-                }
-                (Err(e), _) | (_, Err(e)) => {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => busy.push(pair),
+                Err(e) => {
                     busy.push(pair);
                     result = Err(e.into());
                     break;
@@ -251,18 +297,47 @@ impl Spares {
         result
     }
 
+    /// Wakes the binder if `ready` fell below half its target: it refills from half
+    /// empty on, one wake-up per many sessions.
+    fn refill(&self, ready: &VecDeque<(PortPair, UdpPair)>) {
+        if ready.len() < self.target.div_ceil(2) {
+            self.taken.notify_one();
+        }
+    }
+
     /// A bound pair: a spare if there is one, else bound now.
     fn take(&self) -> Result<(PortPair, UdpPair), RelayError> {
         let mut ready = self.ready();
         let spare = ready.pop_front();
-        // The binder refills from half empty on: one wake-up per many sessions.
-        if ready.len() < self.target.div_ceil(2) {
-            self.taken.notify_one();
-        }
+        self.refill(&ready);
         match spare {
             Some(p) => Ok(p),
             // Still under the lock, so the binder cannot hold the last free pair.
             None => self.bind_pair(),
+        }
+    }
+
+    /// The pair whose RTP port is `rtp`, bound: the spare if the binder holds it,
+    /// else reserved in the allocator and bound now.
+    fn take_exact(&self, rtp: u16) -> Result<(PortPair, UdpPair), RelayError> {
+        let mut ready = self.ready();
+        if let Some(spare) = ready
+            .iter()
+            .position(|(p, _)| p.rtp == rtp)
+            .and_then(|at| ready.remove(at))
+        {
+            self.refill(&ready);
+            return Ok(spare);
+        }
+        // Still under the spares' lock, which the binder holds from allocating a pair
+        // until it is a spare: a pair the allocator has out now is a session's.
+        let pair = self.allocator().reserve(rtp).map_err(reserve_error)?;
+        match self.bind(pair) {
+            Ok(sockets) => Ok((pair, sockets)),
+            Err(e) => {
+                let _ = self.allocator().release(pair.rtp);
+                Err(e.into())
+            }
         }
     }
 
@@ -368,7 +443,10 @@ impl Relay {
             taken: Condvar::new(),
             ports: ports.clone(),
             bind: config.bind,
-            reuse_port: config.reuse_port,
+            options: SocketOptions {
+                reuse_port: config.reuse_port,
+                freebind: config.freebind,
+            },
             target: config.spare_pairs,
         });
         // Built first: if a later thread fails to start, dropping it stops the others.
@@ -477,6 +555,55 @@ impl RelayHandle {
                 return Err(e);
             }
         };
+        self.open(&mut c, a, b, [a_rtp, a_rtcp, b_rtp, b_rtcp], [pa, pb])
+    }
+
+    /// Opens a session on exactly the port pairs `a` (side A's) and `b` (side B's):
+    /// for a node that continues the calls of another one, whose phones keep sending
+    /// to these ports of the virtual IP. A pair may be free or held as a spare; one
+    /// held by a live session of this relay is refused ([`RelayError::PortsInUse`]),
+    /// as are pairs outside the range ([`RelayError::Ports`]). The session gets a new
+    /// id of this relay; `a_peer` and `b_peer` are the peers as the call record
+    /// knows them, and each side latches again on its next packets.
+    pub fn adopt_session(
+        &self,
+        a: PortPair,
+        b: PortPair,
+        a_peer: PeerMedia,
+        b_peer: PeerMedia,
+    ) -> Result<SessionPorts, RelayError> {
+        check_adopted_pairs(a, b)?;
+        let mut c = self.control();
+        if c.sessions.len() >= self.config.max_sessions {
+            return Err(RelayError::TooManySessions(self.config.max_sessions));
+        }
+        let (pa, [a_rtp, a_rtcp]) = self.spares.take_exact(a.rtp)?;
+        let (pb, [b_rtp, b_rtcp]) = match self.spares.take_exact(b.rtp) {
+            Ok(x) => x,
+            Err(e) => {
+                self.spares.give_back(pa, [a_rtp, a_rtcp]);
+                return Err(e);
+            }
+        };
+        self.open(
+            &mut c,
+            a_peer,
+            b_peer,
+            [a_rtp, a_rtcp, b_rtp, b_rtcp],
+            [pa, pb],
+        )
+    }
+
+    /// Hands a session on its bound pairs to a forwarding thread; on failure the
+    /// sockets close and the pairs go back to the allocator.
+    fn open(
+        &self,
+        c: &mut Control,
+        a: PeerMedia,
+        b: PeerMedia,
+        sockets: [std::net::UdpSocket; 4],
+        [pa, pb]: [PortPair; 2],
+    ) -> Result<SessionPorts, RelayError> {
         let id = SessionId(c.next_id);
         c.next_id += 1;
         let w = c.next_worker % self.workers.len();
@@ -493,7 +620,7 @@ impl RelayHandle {
         let cmd = Command::Add {
             id,
             session: Box::new(session),
-            sockets: [a_rtp, a_rtcp, b_rtp, b_rtcp],
+            sockets,
             pairs: [pa, pb],
             published: published.clone(),
         };
@@ -713,5 +840,68 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(relay.ports_available(), 20); // 23300-23339
+    }
+
+    #[test]
+    fn adopting_a_spare_pair_takes_it_from_the_binder() {
+        // 23440-23449: five pairs, two kept spare.
+        let relay = loopback_relay(23440, 23449, 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while relay.spares.ready().len() < 2 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let spares: Vec<PortPair> = relay.spares.ready().iter().map(|(p, _)| *p).collect();
+        assert_eq!(spares.len(), 2);
+        let spare = spares[1];
+        let pairs: Vec<PortPair> = (23440..23450)
+            .step_by(2)
+            .map(|rtp| PortPair { rtp, rtcp: rtp + 1 })
+            .filter(|p| !spares.contains(p))
+            .collect();
+        let (free, other) = (pairs[0], pairs[1]);
+        let none = PeerMedia::unknown;
+        let s = relay.adopt_session(spare, free, none(), none()).unwrap();
+        assert_eq!((s.a, s.b), (spare, free));
+        assert!(
+            relay.spares.ready().iter().all(|(p, _)| *p != spare),
+            "the spare is the session's now"
+        );
+        // Two of five pairs are the session's, wherever the binder has the others.
+        assert_eq!(relay.ports_available(), 3);
+        assert!(matches!(
+            relay.adopt_session(spare, other, none(), none()),
+            Err(RelayError::PortsInUse(p)) if p == spare.rtp
+        ));
+        // Side A's pair was free: taken, then given back when B's was refused.
+        assert!(matches!(
+            relay.adopt_session(other, free, none(), none()),
+            Err(RelayError::PortsInUse(p)) if p == free.rtp
+        ));
+        // The refusals gave back what they had taken.
+        assert_eq!(relay.ports_available(), 3);
+        // The rest still makes exactly one more session, and no pair is handed out twice.
+        let s2 = relay.create_session(none(), none()).unwrap();
+        let mut all = [s.a.rtp, s.b.rtp, s2.a.rtp, s2.b.rtp];
+        all.sort_unstable();
+        assert!(all.windows(2).all(|w| w[0] != w[1]), "{all:?}");
+        relay.destroy(s.id).unwrap();
+        relay.destroy(s2.id).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while relay.ports_available() < 5 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(relay.ports_available(), 5);
+        assert!(matches!(
+            relay.adopt_session(spare, spare, none(), none()),
+            Err(RelayError::NotPortPairs { .. })
+        ));
+        let odd = PortPair {
+            rtp: spare.rtp,
+            rtcp: spare.rtp + 3,
+        };
+        assert!(matches!(
+            relay.adopt_session(odd, free, none(), none()),
+            Err(RelayError::NotPortPairs { .. })
+        ));
     }
 }

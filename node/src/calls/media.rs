@@ -19,8 +19,8 @@ fn media_side(side: Side) -> MediaSide {
     }
 }
 
-/// The relay session of a call as the replicated call record keeps it, so that another
-/// node holding the same table could forward the same ports.
+/// The relay session of a call as the replicated call record keeps it, so that the node
+/// taking the VIP over forwards the same ports to the same places.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaRecord {
     /// The relay's session number on the node that owns the call.
@@ -29,15 +29,23 @@ pub struct MediaRecord {
     pub a_port: u16,
     /// RTP port (RTCP is the next one) the callee sends to.
     pub b_port: u16,
+    /// The caller's media as its SDP described it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a_peer: Option<PeerMedia>,
+    /// The callee's media as its SDP described it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b_peer: Option<PeerMedia>,
 }
 
 impl MediaRecord {
-    /// The record of an open session.
-    pub fn of(ports: &SessionPorts) -> MediaRecord {
+    /// The record of an open session whose sides' SDP said `peers` (A, B).
+    pub fn of(ports: &SessionPorts, peers: &[Option<PeerMedia>; 2]) -> MediaRecord {
         MediaRecord {
             session: ports.id.0,
             a_port: ports.a.rtp,
             b_port: ports.b.rtp,
+            a_peer: peers[0],
+            b_peer: peers[1],
         }
     }
 }
@@ -81,8 +89,9 @@ fn relayed_stream(s: &sdp::Sdp) -> Option<usize> {
 /// Puts the body of `from_msg`, sent by side `from`, on `to_msg`, which goes to the
 /// other side at `to_peer`. An SDP body is rewritten to point at the relay's ports for
 /// the receiving side (streams beyond the relayed one are declined with port 0), and
-/// the relay learns the sender's media address and direction. Without a session, or
-/// for SDP the relay cannot read, the body passes unchanged.
+/// the relay learns the sender's media address and direction, which is returned. Without
+/// a session, or for SDP the relay cannot read, the body passes unchanged.
+#[must_use = "the call records what the sender's SDP said"]
 pub fn carry(
     relay: Option<&MediaRelay>,
     session: Option<&SessionPorts>,
@@ -91,9 +100,9 @@ pub fn carry(
     from_msg: &SipMessage,
     to_msg: &mut SipMessage,
     to_peer: Peer,
-) {
+) -> Option<PeerMedia> {
     if from_msg.body.is_empty() {
-        return;
+        return None;
     }
     let content_type = from_msg.headers.get("Content-Type");
     let rewritten = match (relay, session) {
@@ -103,8 +112,14 @@ pub fn carry(
         _ => None,
     };
     match rewritten {
-        Some(body) => to_msg.set_body(content_type, body.into()),
-        None => to_msg.set_body(content_type, from_msg.body.clone()),
+        Some((body, peer)) => {
+            to_msg.set_body(content_type, body.into());
+            peer
+        }
+        None => {
+            to_msg.set_body(content_type, from_msg.body.clone());
+            None
+        }
     }
 }
 
@@ -115,7 +130,7 @@ fn rewrite(
     from: Side,
     from_msg: &SipMessage,
     to_peer: Peer,
-) -> Option<String> {
+) -> Option<(String, Option<PeerMedia>)> {
     let text = std::str::from_utf8(&from_msg.body).ok()?;
     let parsed = match sdp::parse(text) {
         Ok(p) => p,
@@ -125,9 +140,9 @@ fn rewrite(
         }
     };
     let carried = relayed_stream(&parsed);
-    if let Some(m) = carried {
-        let peer = PeerMedia::from_sdp(&parsed.media[m]);
-        if let Err(e) = relay.update(ports.id, media_side(from), peer) {
+    let learned = carried.map(|m| PeerMedia::from_sdp(&parsed.media[m]));
+    if let Some(peer) = &learned {
+        if let Err(e) = relay.update(ports.id, media_side(from), *peer) {
             tracing::warn!(error = %e, session = %ports.id, "relay session not updated");
         }
     }
@@ -149,7 +164,7 @@ fn rewrite(
         .sdp_address()
         .unwrap_or_else(|| local.media_ip(to_peer));
     match sdp::rewrite(text, media_ip, &per_stream) {
-        Ok(body) => Some(body),
+        Ok(body) => Some((body, learned)),
         Err(e) => {
             tracing::debug!(error = %e, "SDP not anchored: passed through unchanged");
             None

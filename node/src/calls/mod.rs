@@ -8,6 +8,7 @@
 pub mod cdr;
 pub mod media;
 pub mod record;
+mod takeover;
 
 use crate::core::SipCtx;
 use crate::registrar::Binding;
@@ -19,6 +20,7 @@ use crate::sip::Peer;
 use crate::store::Command;
 use crate::FastMap;
 use ::media::backend::MediaRelay;
+use ::media::session::PeerMedia;
 use ::media::udp::{RelayEvent, SessionPorts};
 use bytes::Bytes;
 use cdr::{classify_failure, rfc3339, secs_between, CallMedia, Cdr, Disposition, MediaCounters};
@@ -49,6 +51,13 @@ pub enum Side {
 }
 
 impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
     fn other(self) -> Side {
         match self {
             Side::A => Side::B,
@@ -129,6 +138,8 @@ struct Call {
     a_tx_open: bool,
     /// The relay session carrying the call's media, when media is anchored.
     media: Option<SessionPorts>,
+    /// Each side's media as its last SDP described it (A, B).
+    media_peers: [Option<PeerMedia>; 2],
 }
 
 impl Call {
@@ -186,16 +197,35 @@ impl Call {
             callee: self.callee.clone(),
             start: rfc3339(self.start),
             answer: self.answer.map(rfc3339),
+            setup: legs.is_none().then(|| self.setup()),
             legs,
-            media: self.media.as_ref().map(media::MediaRecord::of),
+            media: self
+                .media
+                .as_ref()
+                .map(|m| media::MediaRecord::of(m, &self.media_peers)),
         }
     }
 
+    /// What another node needs to end the call cleanly while it rings.
+    fn setup(&self) -> Box<record::Setup> {
+        Box::new(record::Setup {
+            a_peer: self.a_peer,
+            a_tag: self.a_tag.clone(),
+            a_invite: record::head(&self.a_invite),
+            forks: self
+                .forks
+                .iter()
+                .filter(|f| !f.done)
+                .map(|f| record::ForkSetup {
+                    peer: f.peer,
+                    invite: record::head(&f.invite),
+                })
+                .collect(),
+        })
+    }
+
     fn ack_slot(&mut self, side: Side) -> &mut Option<SentAck> {
-        &mut self.acks[match side {
-            Side::A => 0,
-            Side::B => 1,
-        }]
+        &mut self.acks[side.index()]
     }
 }
 
@@ -354,6 +384,7 @@ impl Calls {
             .filter(|n| !n.is_empty());
         let max_forwards = invite.max_forwards().unwrap_or(70).saturating_sub(1);
         let mut forks = Vec::with_capacity(contacts.len());
+        let mut a_media = None;
         for b in &contacts {
             let peer = b.source;
             let branch = ctx.local.branch();
@@ -376,7 +407,7 @@ impl Calls {
             req.headers
                 .push("Contact", ctx.local.contact(&caller, peer));
             req.headers.push("Allow", crate::core::ALLOW);
-            media::carry(
+            let learned = media::carry(
                 self.relay.as_deref(),
                 session.as_ref(),
                 ctx.local,
@@ -385,6 +416,7 @@ impl Calls {
                 &mut req,
                 peer,
             );
+            a_media = a_media.or(learned);
             let fork_key = ctx.request(req.clone(), peer);
             self.clients
                 .insert(fork_key.clone(), (id, Role::Fork(forks.len())));
@@ -430,6 +462,7 @@ impl Calls {
             open_tx: n,
             a_tx_open: true,
             media: session,
+            media_peers: [a_media, None],
         });
         if let Some(s) = &call.media {
             self.by_session.insert(s.id.0, id);
@@ -740,7 +773,9 @@ impl Calls {
         if let Some(peer) = call.peer(from_side) {
             let (session, sender) = (call.media.as_ref(), relay.to_side);
             let anchor = self.relay.as_deref();
-            media::carry(anchor, session, ctx.local, sender, msg, &mut r, peer);
+            if let Some(p) = media::carry(anchor, session, ctx.local, sender, msg, &mut r, peer) {
+                call.media_peers[sender.index()] = Some(p);
+            }
         }
         if method == Method::Invite && code >= 200 {
             call.reinvite_pending = false;
@@ -752,6 +787,14 @@ impl Calls {
         }
         let server = relay.server.clone();
         ctx.respond(&server, r);
+        // A target refresh or new media: the record another node would continue from
+        // must say so.
+        if (200..300).contains(&code)
+            && matches!(method, Method::Invite | Method::Update)
+            && call.phase == Phase::Answered
+        {
+            ctx.write(Command::AnswerCall(Box::new(call.record(self.cfg.node))));
+        }
     }
 
     /// The ACK for a 2xx we sent (initial INVITE or a relayed re-INVITE).
@@ -780,7 +823,7 @@ impl Calls {
         };
         let mut ack = d.ack_for(cseq, &via);
         let anchor = self.relay.as_deref();
-        media::carry(
+        if let Some(p) = media::carry(
             anchor,
             call.media.as_ref(),
             ctx.local,
@@ -788,7 +831,9 @@ impl Calls {
             msg,
             &mut ack,
             peer,
-        );
+        ) {
+            call.media_peers[side.index()] = Some(p);
+        }
         let bytes = ctx.send_raw(&ack, peer);
         call.owed_ack = None;
         *call.ack_slot(owed_side) = Some(SentAck { cseq, bytes });
@@ -900,7 +945,7 @@ impl Calls {
                     }
                 }
                 let anchor = self.relay.as_deref();
-                media::carry(
+                if let Some(p) = media::carry(
                     anchor,
                     call.media.as_ref(),
                     ctx.local,
@@ -908,7 +953,9 @@ impl Calls {
                     &msg,
                     &mut req,
                     peer,
-                );
+                ) {
+                    call.media_peers[side.index()] = Some(p);
+                }
                 if method == Method::Invite {
                     call.reinvite_pending = true;
                 }
@@ -1072,7 +1119,7 @@ impl Calls {
 fn a_response(
     ctx: &mut SipCtx<'_>,
     relay: Option<&MediaRelay>,
-    call: &Call,
+    call: &mut Call,
     code: u16,
     reason: &str,
     relayed: Option<&SipMessage>,
@@ -1086,7 +1133,9 @@ fn a_response(
     }
     if let Some(m) = relayed {
         let (session, peer) = (call.media.as_ref(), call.a_peer);
-        media::carry(relay, session, ctx.local, Side::B, m, &mut r, peer);
+        if let Some(p) = media::carry(relay, session, ctx.local, Side::B, m, &mut r, peer) {
+            call.media_peers[Side::B.index()] = Some(p);
+        }
     }
     r
 }

@@ -27,6 +27,43 @@ pub struct CallRecord {
     /// The relay session carrying its media, when anchored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<super::media::MediaRecord>,
+    /// While it rings: what another node needs to end it cleanly if this one goes away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<Box<Setup>>,
+}
+
+/// A ringing call's transactions, enough to answer the caller and cancel the forks
+/// from another node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Setup {
+    /// Where the caller's INVITE came from.
+    pub a_peer: Peer,
+    /// The To tag of our responses to the caller.
+    pub a_tag: String,
+    /// The caller's INVITE without its body.
+    pub a_invite: String,
+    /// The INVITEs sent to the callee's contacts, without their bodies.
+    pub forks: Vec<ForkSetup>,
+}
+
+/// One INVITE sent toward a contact of the callee.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ForkSetup {
+    /// Where it went.
+    pub peer: Peer,
+    /// The request without its body.
+    pub invite: String,
+}
+
+/// `msg` without its body, as text.
+pub fn head(msg: &crate::sip::message::SipMessage) -> String {
+    let mut m = crate::sip::message::SipMessage {
+        start: msg.start.clone(),
+        headers: msg.headers.clone(),
+        body: bytes::Bytes::new(),
+    };
+    m.headers.remove("Content-Type");
+    String::from_utf8_lossy(&m.to_bytes()).into_owned()
 }
 
 /// The two dialogs of an answered call, from the B2BUA's side.

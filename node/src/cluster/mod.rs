@@ -3,6 +3,7 @@
 
 pub mod persist;
 pub mod state;
+pub mod vip;
 
 pub use persist::ClusterPersist;
 pub use state::{Applied, ReplicatedState};

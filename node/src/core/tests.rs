@@ -915,3 +915,138 @@ fn call_records_nobody_waits_for_are_coalesced_into_one_write() {
     // Nothing pending: no wake-up for it.
     assert!(h.core.writes_since.is_none());
 }
+
+/// The call of [`invite`] answered by B1 and ACKed: returns the caller's 200.
+fn answered_call(h: &mut Harness) -> SipMessage {
+    h.recv_text(A, &invite("1002", "z9hG4bKinv1"), 0);
+    let out = h.take();
+    let inv = find(&out, B1, |m| is_req(m, Method::Invite))
+        .unwrap()
+        .clone();
+    h.recv(B1, &answer(&inv, 200, "OK", "b1", B1), 1000);
+    let out = h.take();
+    let ok = find(&out, A, |m| is_status(m, 200)).unwrap().clone();
+    h.recv_text(A, &ack_for(&ok), 1100);
+    h.take();
+    ok
+}
+
+fn take_over(h: &mut Harness, calls: Vec<crate::calls::record::CallRecord>, ms: u64) {
+    let (ack, mut done) = tokio::sync::oneshot::channel();
+    h.core.on_vip(
+        crate::cluster::vip::VipEvent::Acquired { calls, ack },
+        h.at(ms),
+    );
+    assert!(done.try_recv().is_ok(), "the takeover is acknowledged");
+}
+
+#[test]
+fn an_answered_call_continues_on_the_node_taking_the_vip_over() {
+    let mut old = Harness::new(&[B1]);
+    let ok = answered_call(&mut old);
+    let records = old.calls();
+    assert!(records[0].legs.is_some() && records[0].setup.is_none());
+
+    // The VIP moves: the old holder forgets the call without a word or a write ...
+    old.core
+        .on_vip(crate::cluster::vip::VipEvent::Released, old.at(2000));
+    old.tick(40_000);
+    assert!(old.take().is_empty(), "the old holder sends nothing more");
+    assert!(old.cdrs().is_empty(), "and writes no CDR");
+
+    // ... and the new one answers the caller's BYE and hangs the callee up.
+    let mut new = Harness::new(&[B1]);
+    take_over(&mut new, records.clone(), 0);
+    let bye = format!(
+        "BYE sip:1002@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch=z9hG4bKbye9;rport\r\n\
+From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: {}\r\nCall-ID: call-a\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\n\r\n",
+        ok.headers.get("To").unwrap()
+    );
+    new.recv_text(A, &bye, 3000);
+    let out = new.take();
+    assert!(
+        find(&out, A, |m| is_status(m, 200)).is_some(),
+        "200 to the BYE"
+    );
+    let b_bye = find(&out, B1, |m| is_req(m, Method::Bye)).expect("BYE to the callee");
+    let legs = records[0].legs.as_ref().unwrap();
+    assert_eq!(b_bye.call_id(), Some(legs.b.dialog.call_id.as_str()));
+    assert_eq!(b_bye.to_tag().as_deref(), Some("b1"));
+    let (cseq, _) = b_bye.cseq().unwrap();
+    assert!(
+        cseq > legs.b.dialog.local_seq + 999,
+        "our CSeq jumped: {cseq}"
+    );
+    new.recv(B1, &b_bye.response(200, "OK"), 3010);
+    let cdrs = new.cdrs();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].disposition, Disposition::Answered);
+    assert_eq!(
+        cdrs[0].start, records[0].start,
+        "the CDR starts when the call did"
+    );
+    assert_eq!(cdrs[0].answer, records[0].answer);
+    assert_eq!(cdrs[0].hangup_by.as_deref(), Some("caller"));
+    assert!(new.calls().is_empty());
+}
+
+#[test]
+fn a_ringing_call_ends_cleanly_when_the_vip_moves() {
+    let mut old = Harness::new(&[B1, B2]);
+    old.recv_text(A, &invite("1002", "z9hG4bKinv1"), 0);
+    let out = old.take();
+    let inv1 = find(&out, B1, |m| is_req(m, Method::Invite))
+        .unwrap()
+        .clone();
+    old.recv(B1, &answer(&inv1, 180, "Ringing", "b1", B1), 100);
+    let ringing = find(&old.take(), A, |m| is_status(m, 180)).unwrap().clone();
+    let records = old.calls();
+    let setup = records[0]
+        .setup
+        .as_ref()
+        .expect("a ringing call keeps its setup");
+    assert_eq!(setup.forks.len(), 2);
+
+    let mut new = Harness::new(&[B1, B2]);
+    take_over(&mut new, records.clone(), 0);
+    new.core.commit(new.at(0));
+    let out = new.take();
+    let r = find(&out, A, |m| is_status(m, 503)).expect("503 to the caller");
+    assert_eq!(
+        r.to_tag(),
+        ringing.to_tag(),
+        "in the dialog the caller knows"
+    );
+    assert_eq!(r.headers.get("Retry-After"), Some("1"));
+    assert_eq!(r.call_id(), Some("call-a"));
+    let cancel = find(&out, B1, |m| is_req(m, Method::Cancel)).expect("CANCEL to B1");
+    assert_eq!(
+        cancel.branch(),
+        inv1.branch(),
+        "CANCEL matches the fork's INVITE"
+    );
+    assert!(find(&out, B2, |m| is_req(m, Method::Cancel)).is_some());
+    // The caller's ACK ends the retransmissions; the fork's 487 is acknowledged.
+    let ack = format!(
+        "ACK sip:1002@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{A};branch=z9hG4bKinv1;rport\r\n\
+From: \"Alice\" <sip:1001@127.0.0.1>;tag=atag\r\nTo: {}\r\nCall-ID: call-a\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n\r\n",
+        r.headers.get("To").unwrap()
+    );
+    new.recv_text(A, &ack, 100);
+    new.recv(B1, &answer(&inv1, 487, "Request Terminated", "b1", B1), 120);
+    let out = new.take();
+    assert!(
+        find(&out, B1, |m| is_req(m, Method::Ack)).is_some(),
+        "487 ACKed"
+    );
+    new.tick(5_000);
+    assert!(
+        find(&new.take(), A, |m| is_status(m, 503)).is_none(),
+        "no retransmission after the ACK"
+    );
+    let cdrs = new.cdrs();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(cdrs[0].disposition, Disposition::Failed);
+    assert_eq!(cdrs[0].hangup_cause, "node_failover");
+    assert!(new.calls().is_empty());
+}

@@ -1,6 +1,7 @@
 //! SIP stack: messages, transports, transactions and dialogs (RFC 3261).
 
 pub mod dialog;
+pub mod freebind;
 pub mod message;
 pub mod transaction;
 pub mod transport;

@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,6 +44,11 @@ pub struct TransportConfig {
     pub tcp_max_per_ip: usize,
     /// Most TCP connections in all.
     pub tcp_max_total: usize,
+    /// Bind with `IP_FREEBIND` (listeners on a virtual IP this node may not hold).
+    pub freebind: bool,
+    /// Sends go out only while this is open (set, on a VIP member, while it holds the
+    /// VIP); `None`: always.
+    pub send_gate: Option<Arc<AtomicBool>>,
 }
 
 type ConnMap = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
@@ -75,14 +81,16 @@ impl Transports {
         let mut udp = Vec::new();
         let mut udp_addrs = Vec::new();
         for addr in &cfg.udp {
-            let sock = bind_udp(*addr)?;
+            let sock = bind_udp(*addr, cfg.freebind)?;
             udp_addrs.push(sock.local_addr()?);
             udp.push(Arc::new(sock));
         }
         let mut listeners = Vec::new();
         let mut tcp_addrs = Vec::new();
         for addr in &cfg.tcp {
-            let l = TcpListener::bind(addr).await?;
+            let std_l = super::freebind::tcp_listener(*addr, cfg.freebind)?;
+            std_l.set_nonblocking(true)?;
+            let l = TcpListener::from_std(std_l)?;
             tcp_addrs.push(l.local_addr()?);
             listeners.push(l);
         }
@@ -102,8 +110,25 @@ impl Transports {
         Ok(t)
     }
 
+    /// False while the send gate is closed: this member does not hold the VIP its
+    /// sockets are bound to, and must not answer on it.
+    fn may_send(&self) -> bool {
+        let open = self
+            .cfg
+            .send_gate
+            .as_ref()
+            .is_none_or(|g| g.load(Ordering::Relaxed));
+        if !open {
+            self.metrics.inc(&self.metrics.vip_sends_dropped);
+        }
+        open
+    }
+
     /// Sends bytes to a peer: UDP datagram, or the TCP connection to it (opened if needed).
     pub fn send(&self, to: Peer, bytes: Bytes) {
+        if !self.may_send() {
+            return;
+        }
         match to.transport {
             Transport::Udp => match self.udp_index(to.addr).and_then(|i| self.udp.get(i)) {
                 Some(s) => {
@@ -120,6 +145,10 @@ impl Transports {
     /// Sends a batch and empties it: UDP datagrams leave many per system call, in order
     /// per socket; TCP messages go to their connections one by one.
     pub fn send_all(&self, batch: &mut Vec<(Peer, Bytes)>) {
+        if !batch.is_empty() && !self.may_send() {
+            batch.clear();
+            return;
+        }
         let mut udp: Vec<Vec<(SocketAddr, Bytes)>> = vec![Vec::new(); self.udp.len()];
         for (to, bytes) in batch.drain(..) {
             match (to.transport, self.udp_index(to.addr)) {
@@ -452,8 +481,8 @@ impl UdpIngress {
     }
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let std_sock = std::net::UdpSocket::bind(addr)?;
+fn bind_udp(addr: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {
+    let std_sock = super::freebind::udp(addr, freebind)?;
     std_sock.set_nonblocking(true)?;
     if let Err(e) = udp_batch::enable_timestamps(std_sock.as_raw_fd()) {
         // Without stamps the queueing delay before the core reads is not seen.

@@ -580,6 +580,7 @@ mod tests {
                 answer: answer.map(Into::into),
                 legs: None,
                 media: None,
+                setup: None,
             })
         };
         s.apply_all(&[

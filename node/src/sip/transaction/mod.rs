@@ -708,6 +708,55 @@ impl TransactionLayer {
         (key, out)
     }
 
+    /// Takes over the INVITE server transaction of a call another node was handling
+    /// (it went away while the call rang): the transaction exists in Proceeding without
+    /// the TU hearing of the request again, so that a final response sent on the
+    /// returned key is retransmitted until the caller ACKs it.
+    pub fn adopt_server_invite(
+        &mut self,
+        invite: &SipMessage,
+        from: Peer,
+        now: Instant,
+    ) -> Option<TxKey> {
+        let key = server_key(invite, &Method::Invite)?;
+        if self.txs.get(&key).is_some() {
+            return Some(key);
+        }
+        let mut tx = self.new_tx(Kind::InvServer, TxState::Proceeding, from);
+        tx.ack_key = AckKey::of(invite);
+        let guard = self.proceeding_limit;
+        self.timers.arm(&mut tx, &key, Slot::Timeout, now, guard);
+        self.txs.insert(key.clone(), Box::new(tx));
+        Some(key)
+    }
+
+    /// Takes over an INVITE client transaction another node started (toward a callee
+    /// that rings) and cancels it (RFC 3261 §9.1): the callee's 487 is then ACKed here.
+    pub fn adopt_and_cancel_invite(
+        &mut self,
+        invite: SipMessage,
+        to: Peer,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(branch) = invite.branch() else {
+            return out;
+        };
+        let key = TxKey::Client {
+            branch,
+            method: Method::Invite,
+        };
+        let mut tx = self.new_tx(Kind::InvClient, TxState::Proceeding, to);
+        tx.request_bytes = invite.to_bytes();
+        tx.request = Some(invite);
+        self.timers
+            .arm(&mut tx, &key, Slot::Timeout, now, self.cfg.t64());
+        self.txs.insert(key.clone(), Box::new(tx));
+        self.start_cancel(&key, now, &mut out);
+        self.prune();
+        out
+    }
+
     /// Sends an ACK for a 2xx (built by the dialog); it is not a transaction.
     pub fn send_ack(&self, msg: SipMessage, to: Peer) -> Vec<Action> {
         vec![Action::Send {
