@@ -37,6 +37,8 @@
 #     registrations lost = users whose REGISTER got a 200 (SIPp log, and the phones) but
 #     whose binding is missing from the new leader's replicated store
 #     (`switchctl registrations list`);
+#     term = Raft term before -> after (more than +1: elections that failed);
+#     healthy_for_s = time from the last restore (cluster seen healthy) to the crash;
 #   - restore, and wait until three voters, a leader, the VIP on the leader only and
 #     OPTIONS answered.
 #
@@ -303,7 +305,7 @@ raft_listen = "$ip:7000"
 bootstrap = $2
 
 [log]
-level = "warn"
+level = "warn,node::cluster::vip=info"
 EOF
     if [[ "$DEV_SCRIPT_VIP" != 1 ]]; then
         printf '\n[vip]\naddress = "%s"\ninterface = "eth0"\nannounce_count = 5\nannounce_interval_ms = 200\n' \
@@ -385,9 +387,10 @@ dev_move_vip() { # DEV_SCRIPT_VIP=1: the address to the leader, off the others (
     return 1
 }
 
-# wait_healthy TIMEOUT_S -> sets LEADER (index); true once three voters, a leader that
-# holds the VIP (and no one else does) and OPTIONS to the VIP answered
-LEADER=-1
+# wait_healthy TIMEOUT_S -> sets LEADER (index), TERM and HEALTHY_AT (epoch s); true once
+# three voters, a leader that holds the VIP (and no one else does) and OPTIONS to the VIP
+# answered
+LEADER=-1; TERM=0; HEALTHY_AT=0
 wait_healthy() {
     local deadline=$(( $(date +%s) + $1 )) st lead term voters i others
     while (( $(date +%s) < deadline )); do
@@ -396,7 +399,9 @@ wait_healthy() {
         if (( lead >= 0 && voters == 3 )) && has_addr "${NODE_NS[$lead]}" "$VIP"; then
             others=0
             for i in 0 1 2; do (( i != lead )) && has_addr "${NODE_NS[$i]}" "$VIP" && others=1; done
-            if (( ! others )) && vip_answers 1; then LEADER=$lead; return 0; fi
+            if (( ! others )) && vip_answers 1; then
+                LEADER=$lead; TERM=$term; HEALTHY_AT="$(date +%s.%N)"; return 0
+            fi
         fi
         sleep 0.3
     done
@@ -443,7 +448,7 @@ declare -a SS_TIMES=() CALL_GAPS=()
 REGS_LOST=0; REGS_ACKED=0; REGS_FAILED=0; CALLS_KEPT=0; CALLS_TOTAL=0; CALLS_LOST=0; POST_OK=0; POST_TOTAL=0
 
 ss_trial() { # T
-    local t="$1" dir="$SCRATCH/trial$1" victim pid t_kill out ms gap who new term voters
+    local t="$1" dir="$SCRATCH/trial$1" victim pid t_kill out ms gap who new term voters since
     mkdir -p "$dir"
     victim=$LEADER
     # phones and calls
@@ -474,6 +479,7 @@ ss_trial() { # T
     pid="${NODE_PID[$victim]}"
     pid_alive_same "$pid" || { log "trial $t: leader n$(( victim + 1 )) (pid $pid) is not running"; return 1; }
     t_kill="$(date +%s.%N)"
+    since="$(calc %.1f "$t_kill - $HEALTHY_AT")"
     kill -KILL "$pid"
     ip -n "${NODE_NS[$victim]}" link set eth0 down
     echo "$t_kill" >"$dir/killed.tmp" && mv "$dir/killed.tmp" "$dir/killed"
@@ -520,8 +526,9 @@ ss_trial() { # T
     POST_OK=$(( POST_OK + ${post%%/*} )); POST_TOTAL=$(( POST_TOTAL + ${post##*/} ))
     while read -r g; do CALL_GAPS+=("$g"); done < <(grep '^call .* established=1' "$dir/phones.out" \
         | sed -n 's/.* gap_ab_ms=\([0-9]*\) gap_ba_ms=\([0-9]*\).*/\1 \2/p' | awk '{print ($1 > $2) ? $1 : $2}')
-    printf 'softswitch trial %-3s killed=n%s failover_ms=%-7s gap_ms=%-7s vip_at=%s leader_after=%s regs_acked=%s regs_lost=%s reg_failed=%s calls=%s/%s kept=%s lost=%s post_calls_ok=%s audio_gap_median_ms=%s audio_gap_max_ms=%s\n' \
+    printf 'softswitch trial %-3s killed=n%s failover_ms=%-7s gap_ms=%-7s vip_at=%s leader_after=%s term=%s->%s healthy_for_s=%s regs_acked=%s regs_lost=%s reg_failed=%s calls=%s/%s kept=%s lost=%s post_calls_ok=%s audio_gap_median_ms=%s audio_gap_max_ms=%s\n' \
         "$t" $(( victim + 1 )) "${ms:-timeout}" "${gap:--}" "$who" "$( (( new >= 0 )) && echo "n$(( new + 1 ))" || echo none)" \
+        "$TERM" "${term:-?}" "$since" \
         "$acked" "$lost" "$failed_regs" "${est:-0}" "$CALLS" "${kept:-0}" "${clost:-?}" "${post:-?}" "${gmed:--}" "${gmax:--}" \
         | tee -a "$RES" >&2
     grep -v '^call .* kept=1' "$dir/phones.out" | grep -E '^(call|post_call)' | head -5 | sed 's/^/    /' >&2
