@@ -50,7 +50,8 @@
 #
 # Env knobs: TRIALS (10, both systems), KA_TRIALS / SS_TRIALS (default TRIALS), CALLS (20),
 #   REG_RATE (100 REGISTER/s), REG_S (8), PROBE_MS (10), AFTER_S (4: calls run on after the
-#   crash), SYSTEMS ("keepalived softswitch"), SOFTSWITCH_BIN, SWITCHCTL_BIN, BENCH_BIN
+#   crash), SETTLE_S (0: extra wait between the restore and the next softswitch trial; 12
+#   lets every member notice the restarted one first, see README), SYSTEMS ("keepalived softswitch"), SOFTSWITCH_BIN, SWITCHCTL_BIN, BENCH_BIN
 #   (dir of vip_probe/vip_phones), NS_PREFIX (vipb<PID>), BUDGET_S (900), KEEP_SCRATCH=1,
 #   QUICK=1 (3 trials, 6 calls). Needs root, ip, keepalived, sipp, python3.
 
@@ -68,6 +69,7 @@ REG_RATE="${REG_RATE:-100}"
 REG_S="${REG_S:-8}"
 PROBE_MS="${PROBE_MS:-10}"
 AFTER_S="${AFTER_S:-4}"
+SETTLE_S="${SETTLE_S:-0}"
 SYSTEMS="${SYSTEMS:-keepalived softswitch}"
 BUDGET_S="${BUDGET_S:-900}"
 P="${NS_PREFIX:-vipb$$}"
@@ -543,7 +545,8 @@ run_softswitch() {
     form_cluster || return 1
     local t
     for t in $(seq "$SS_TRIALS"); do
-        budget_allows $(( REG_S + AFTER_S + 40 )) || { log "softswitch: time budget reached before trial $t"; break; }
+        budget_allows $(( REG_S + AFTER_S + SETTLE_S + 40 )) || { log "softswitch: time budget reached before trial $t"; break; }
+        (( t > 1 && SETTLE_S > 0 )) && sleep "$SETTLE_S"
         ss_trial "$t" || { log "softswitch: trial $t failed, stopping"; break; }
         SS_DONE=$t
     done
@@ -561,6 +564,7 @@ echo "# VIP failover after a crash of the holder (kill -9 + its link down), prob
 if [[ " $SYSTEMS " == *" softswitch "* ]]; then
     echo "# softswitch: 3 nodes (Raft heartbeat 50 ms, election 150-300 ms), [vip] announce 5 x 200 ms; failover_ms = crash -> first 200 to an OPTIONS sent after it;"
     echo "#   load: $CALLS calls with RTP both ways (50 pps) through the relay on the VIP, SIPp REGISTER with digest at ${REG_RATE}/s (new users each trial);"
+    (( SETTLE_S > 0 )) && echo "#   SETTLE_S=$SETTLE_S: each trial starts that long after the previous restore"
     echo "#   audio gap = longest time without RTP in a direction, from 0.5 s before the crash to the hang-up ${AFTER_S} s after it; kept = audio resumed both ways"
     [[ "$DEV_SCRIPT_VIP" == 1 ]] && echo "# DEV_SCRIPT_VIP=1: nodes without [vip], the script moved the address: these are not the product's figures"
 fi
