@@ -1,5 +1,5 @@
 # Entry points: `make run` (one node on the embedded defaults), `make test` (everything),
-# `make bench` (side-by-side benchmarks against Kamailio and rtpengine). Each installs the Debian
+# `make bench` (side-by-side benchmarks against Kamailio, rtpengine and keepalived). Each installs the Debian
 # packages it needs when they are missing.
 
 SHELL := /bin/bash
@@ -14,7 +14,7 @@ export SWITCHCTL_BIN := $(BIN)/switchctl
 
 BUILD_PKGS := librocksdb-dev libjemalloc-dev libclang-dev pkg-config gcc
 TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps
-BENCH_PKGS := sip-tester kamailio procps time iproute2 rtpengine-daemon util-linux
+BENCH_PKGS := sip-tester kamailio procps time iproute2 rtpengine-daemon util-linux keepalived
 # The DPDK relay backend (cargo feature `dpdk`): only its test, lint and bench need it.
 DPDK_PKGS := dpdk-dev libdpdk-dev
 # The relay's in-kernel fast path (TC BPF): its root test and KERNEL=1 bench compile it.
@@ -95,6 +95,8 @@ bench: build deps-bench deps-dpdk deps-kernel
 	@echo "# dpdk: relayed RTP packets per second per core, DPDK backend on net_ring virtual devices; goal >= 2 Mpps"
 	cargo build --release -p bench --features dpdk --bin dpdk_relay
 	$(BIN)/dpdk_relay
+	@echo "# VIP failover: kill -9 + link down of the holder under registration and call load, vs keepalived (VRRP defaults) in the same namespaces; goals: median <= 500 ms, max <= 1 s, 0 registrations lost, >= 99 % of calls keep audio"
+	bench/failover.sh
 
 clean:
 	cargo clean

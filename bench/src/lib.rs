@@ -1,9 +1,11 @@
 //! Benchmarks live in the shell drivers next to this crate (`make bench`); this crate holds
 //! the Rust helpers its bins share: a consensus cluster of this process's members over
 //! QUIC with mutual TLS on loopback, applying the node's own replicated state; and the
-//! pieces of the media relay benchmark ([`rtp`]).
+//! pieces of the media relay benchmark ([`rtp`]); a minimal SIP phone for the VIP failover
+//! benchmark ([`sipua`]).
 
 pub mod rtp;
+pub mod sipua;
 
 use consensus::net::{ClusterCa, NodeIdentity, QuicClient, QuicServer};
 use consensus::{Config, Consensus, Member};
