@@ -562,7 +562,7 @@ echo "# VIP failover after a crash of the holder (kill -9 + its link down), prob
 [[ " $SYSTEMS " == *" keepalived "* ]] \
     && echo "# keepalived $(keepalived -v 2>&1 | awk 'NR==1{print $2}'): VRRP advert_int 1, priorities 150/100, preempt; failover_ms = crash -> first ICMP echo reply to a request sent after it"
 if [[ " $SYSTEMS " == *" softswitch "* ]]; then
-    echo "# softswitch: 3 nodes (Raft heartbeat 50 ms, election 150-300 ms), [vip] announce 5 x 200 ms; failover_ms = crash -> first 200 to an OPTIONS sent after it;"
+    echo "# softswitch: 3 nodes (the node's Raft defaults: heartbeat 30 ms, election 100-200 ms), [vip] announce 5 x 200 ms; failover_ms = crash -> first 200 to an OPTIONS sent after it;"
     echo "#   load: $CALLS calls with RTP both ways (50 pps) through the relay on the VIP, SIPp REGISTER with digest at ${REG_RATE}/s (new users each trial);"
     (( SETTLE_S > 0 )) && echo "#   SETTLE_S=$SETTLE_S: each trial starts that long after the previous restore"
     echo "#   audio gap = longest time without RTP in a direction, from 0.5 s before the crash to the hang-up ${AFTER_S} s after it; kept = audio resumed both ways"
