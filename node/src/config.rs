@@ -779,7 +779,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("registrar.algorithms"), "{e}");
-        let e = NodeConfig::from_toml("[cluster]\nelection_timeout_min_ms = 40\n")
+        let e = NodeConfig::from_toml("[cluster]\nelection_timeout_min_ms = 20\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("cluster.election_timeout_min_ms"), "{e}");
