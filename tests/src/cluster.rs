@@ -46,7 +46,38 @@ pub fn form_cluster(lab: &Lab, count: usize, work: &Path, opts: NodeOpts) -> Vec
     for i in 1..count {
         members.push(join_member(lab, i, &members[0], work, opts.clone()).0);
     }
+    first_leads(&members, work);
     members
+}
+
+/// Makes sure the first member leads, as the tests expect of a cluster just formed: a
+/// busy machine may have let another member win an election while the others joined
+/// (the Raft timers are sub-second); leadership is then handed back.
+pub fn first_leads(members: &[Node], work: &Path) {
+    let want = status(members[0].admin, work)["id"].as_u64();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = status(members[0].admin, work)["leader"]["id"].as_u64();
+        if leader.is_some() && leader == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first member does not lead (leader {leader:?})"
+        );
+        if let (Some(_), Some(id)) = (leader, want) {
+            let _ = run_bounded(
+                &mut switchctl(
+                    members[0].admin,
+                    &["cluster", "transfer-leader", "--to", &id.to_string()],
+                ),
+                work,
+                "first-leads",
+                SWITCHCTL_LIMIT,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Joins lab host `i` to the cluster `via` belongs to, and starts it; also returns
