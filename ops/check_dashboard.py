@@ -269,8 +269,8 @@ def main(argv):
         print(f"{r}: {n} rules")
     for p in problems:
         print(p)
-    print("dashboard/rules check:", "FAILED" if problems else "OK",
-          f"({len(problems)} problems)" if problems else "")
+    print(f"dashboard/rules check: FAILED ({len(problems)} problems)" if problems
+          else "dashboard/rules check: OK")
     return 1 if problems else 0
 
 
