@@ -19,6 +19,8 @@ BENCH_PKGS := sip-tester kamailio procps time iproute2 rtpengine-daemon util-lin
 DPDK_PKGS := dpdk-dev libdpdk-dev
 # The relay's in-kernel fast path (TC BPF): its root test and KERNEL=1 bench compile it.
 KERNEL_PKGS := clang libbpf-dev iproute2
+# Dashboards, alert rules and service units (ops/): promtool, PyYAML, systemd-analyze.
+OPS_PKGS := prometheus python3-yaml systemd
 
 # Installs the named Debian packages that are not installed yet (apt-get update once).
 define apt_ensure
@@ -33,7 +35,7 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: run build test unit e2e lint dpdk kernel bench deps-build deps-test deps-bench deps-dpdk deps-kernel clean
+.PHONY: run build test unit e2e lint dpdk kernel ops-check bench deps-build deps-test deps-bench deps-dpdk deps-kernel deps-ops clean
 
 deps-build:
 	$(call apt_ensure,$(BUILD_PKGS))
@@ -50,6 +52,9 @@ deps-dpdk: deps-build
 
 deps-kernel: deps-build
 	$(call apt_ensure,$(KERNEL_PKGS))
+
+deps-ops:
+	$(call apt_ensure,$(OPS_PKGS))
 
 build: deps-build
 	cargo build --release -p node -p ops
@@ -79,7 +84,16 @@ dpdk: deps-dpdk
 kernel: deps-kernel
 	cargo test --release -p media --features kernel-fastpath --test kernel_fastpath
 
-test: lint unit dpdk kernel e2e
+# The Grafana dashboard and alert rules against the metric contract (ops/METRICS.md), the
+# alert rules' unit tests, the example Prometheus configuration and the systemd units.
+ops-check: deps-ops
+	python3 ops/check_dashboard.py
+	promtool check rules ops/prometheus/alerts.yml
+	promtool test rules ops/prometheus/alerts_test.yml
+	promtool check config ops/prometheus/prometheus.yml
+	ops/systemd/verify.sh
+
+test: lint unit dpdk kernel ops-check e2e
 
 bench: build deps-bench deps-dpdk deps-kernel
 	cargo build --release -p bench
