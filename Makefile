@@ -13,7 +13,7 @@ export SOFTSWITCH_BIN := $(BIN)/softswitch
 export SWITCHCTL_BIN := $(BIN)/switchctl
 
 BUILD_PKGS := librocksdb-dev libjemalloc-dev libclang-dev pkg-config gcc
-TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps
+TEST_PKGS := sip-tester baresip-core iproute2 tcpdump procps prometheus
 BENCH_PKGS := sip-tester kamailio procps time iproute2 rtpengine-daemon util-linux keepalived
 # The DPDK relay backend (cargo feature `dpdk`): only its test, lint and bench need it.
 DPDK_PKGS := dpdk-dev libdpdk-dev

@@ -233,6 +233,9 @@ pub struct SipCtx<'a> {
 impl SipCtx<'_> {
     /// Sends a response on a server transaction.
     pub fn respond(&mut self, key: &TxKey, mut msg: SipMessage) {
+        if let (TxKey::Server { method, .. }, Some(code)) = (key, msg.status()) {
+            self.metrics.sip.response(method, code);
+        }
         msg.headers.push("Server", self.local.user_agent.clone());
         let a = self.txn.respond(key, msg, self.now);
         self.out.extend(a);
@@ -272,6 +275,10 @@ impl SipCtx<'_> {
     /// Queues a change for the write that ends the current batch of messages (a
     /// failure is counted and logged, never fatal to a call).
     pub fn write(&mut self, cmd: Command) {
+        // Every CDR goes through here: the one place to count how calls end.
+        if let Command::AppendCdr(cdr) = &cmd {
+            self.metrics.on_cdr(cdr);
+        }
         self.writes.push(cmd);
     }
 }
@@ -626,6 +633,7 @@ impl Core {
         let mut stop = stop;
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
         loop {
+            self.publish_gauges();
             if let Some(a) = applied.as_mut() {
                 while let Ok(change) = a.try_recv() {
                     self.on_replicated(change);
@@ -773,6 +781,21 @@ impl Core {
         }
     }
 
+    /// Stores the sizes only this thread can read where `/metrics` reads them: a few
+    /// relaxed stores per pass of the loop, not per message.
+    pub fn publish_gauges(&self) {
+        let m = &self.metrics;
+        m.set(&m.transactions, self.txn.len());
+        m.retransmissions.store(
+            self.txn.stats().retransmissions,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.set(&m.registered_contacts, self.registrar.bindings.len());
+        m.set(&m.registered_extensions, self.registrar.bindings.aors());
+        m.set(&m.extensions, self.directory.len());
+        m.set(&m.calls_active, self.calls.len());
+    }
+
     /// When [`Core::on_timer`] next has work.
     pub fn next_deadline(&mut self, now: Instant) -> Instant {
         let sweep = *self.next_sweep.get_or_insert(now + Duration::from_secs(1));
@@ -831,6 +854,9 @@ impl Core {
             from,
             received,
         } = inbound;
+        if let Some(m) = msg.method().filter(|_| msg.is_request()) {
+            self.metrics.sip.request(m);
+        }
         // New work is refused at once while it cannot be promised (cut off from the
         // cluster majority) or has waited too long (overload); the To tag is parsed once.
         if self.starts_new_work(&msg) {
@@ -843,6 +869,9 @@ impl Core {
             };
             if let Some(counter) = refused {
                 self.metrics.inc(counter);
+                if let Some(m) = msg.method() {
+                    self.metrics.sip.response(m, 503);
+                }
                 let mut r = msg.response(503, "Service Unavailable");
                 r.headers.push("Retry-After", "5");
                 self.outbox.push((reply_target(&msg, from), r.to_bytes()));
@@ -853,9 +882,17 @@ impl Core {
             stamp_via(&mut msg, from);
             let to = reply_target(&msg, from);
             if let Some(r) = self.stateless_challenge(&msg) {
+                self.metrics.sip.response(&Method::Register, 401);
                 return self.outbox.push((to, r.to_bytes()));
             }
-            self.txn.on_request(msg, to, now)
+            // The layer answers 503 itself when its table is full: count that answer.
+            let full = self.txn.stats().rejected_full;
+            let method = msg.method().map(crate::metrics::sip::method_index);
+            let actions = self.txn.on_request(msg, to, now);
+            if let (Some(m), true) = (method, self.txn.stats().rejected_full > full) {
+                self.metrics.sip.response_at(m, 503);
+            }
+            actions
         } else {
             self.txn.on_response(msg, from, now)
         };
@@ -903,7 +940,17 @@ impl Core {
 
     fn on_tu_event(&mut self, ev: TuEvent, now: Instant) {
         match ev {
-            TuEvent::Request { key, msg, from } => self.on_request(key, msg, from, now),
+            TuEvent::Request { key, msg, from } => {
+                // A new INVITE server transaction has just sent its 100 Trying.
+                if let TxKey::Server {
+                    method: Method::Invite,
+                    ..
+                } = &key
+                {
+                    self.metrics.sip.response(&Method::Invite, 100);
+                }
+                self.on_request(key, msg, from, now)
+            }
             TuEvent::Cancel {
                 key,
                 msg,

@@ -1,10 +1,17 @@
-//! Counters every part of the node increments; exported by the admin API in a later issue
-//! and logged periodically until then.
+//! Counters every part of the node increments, logged periodically and exported on the
+//! admin listener's `/metrics` (see `admin::prometheus` and ops/METRICS.md).
 
+pub mod histogram;
+pub mod sip;
+
+pub use histogram::Histogram;
+
+use crate::calls::cdr::Cdr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Process-wide counters (monotonic unless named as a gauge).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Well-formed messages received.
     pub messages_in: AtomicU64,
@@ -58,12 +65,119 @@ pub struct Metrics {
     pub notifications_failed: AtomicU64,
     /// Switchover notifications not attempted: too many announcements in flight.
     pub notifications_dropped: AtomicU64,
+    /// Requests received and responses sent, by method (and code).
+    pub sip: sip::SipCounters,
+    /// Gauge, published by the SIP core: transactions in flight.
+    pub transactions: AtomicU64,
+    /// Published by the SIP core: retransmissions its timers sent (A, E, G, 2xx).
+    pub retransmissions: AtomicU64,
+    /// Gauge, published by the SIP core: registration bindings (contacts).
+    pub registered_contacts: AtomicU64,
+    /// Gauge, published by the SIP core: addresses of record with a binding.
+    pub registered_extensions: AtomicU64,
+    /// Gauge, published by the SIP core: configured extensions.
+    pub extensions: AtomicU64,
+    /// Gauge, published by the SIP core: calls in progress.
+    pub calls_active: AtomicU64,
+    /// Calls ended, by disposition in [`DISPOSITIONS`] order.
+    pub calls_ended: [AtomicU64; 5],
+    /// INVITE received to final answer relayed to the caller.
+    pub call_setup: Histogram,
+    /// RTP packets lost (sequence gaps) in ended calls' streams.
+    pub media_lost: AtomicU64,
+    /// Interarrival jitter of ended calls' streams.
+    pub media_jitter: Histogram,
+    /// Cluster writes: proposal to committed and applied.
+    pub raft_commit: Histogram,
+}
+
+/// Disposition labels of `calls_ended`, as CDRs spell them.
+pub const DISPOSITIONS: [&str; 5] = ["ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CANCELLED"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let z = || AtomicU64::new(0);
+        Metrics {
+            messages_in: z(),
+            malformed: z(),
+            dropped_oversize: z(),
+            dropped_overload: z(),
+            udp_send_errors: z(),
+            tcp_send_errors: z(),
+            tcp_refused: z(),
+            tcp_idle_closed: z(),
+            tcp_connections: z(),
+            registrations_ok: z(),
+            registrations_challenged: z(),
+            registrations_failed: z(),
+            calls_attempted: z(),
+            calls_answered: z(),
+            overload_rejects: z(),
+            no_quorum_rejects: z(),
+            store_errors: z(),
+            vip_acquired: z(),
+            vip_released: z(),
+            vip_held: z(),
+            vip_sends_dropped: z(),
+            calls_taken_over: z(),
+            calls_failed_over: z(),
+            notifications_sent: z(),
+            notifications_failed: z(),
+            notifications_dropped: z(),
+            sip: sip::SipCounters::default(),
+            transactions: z(),
+            retransmissions: z(),
+            registered_contacts: z(),
+            registered_extensions: z(),
+            extensions: z(),
+            calls_active: z(),
+            calls_ended: Default::default(),
+            call_setup: Histogram::new(histogram::SETUP_BOUNDS),
+            media_lost: z(),
+            media_jitter: Histogram::new(histogram::JITTER_BOUNDS),
+            raft_commit: Histogram::new(histogram::COMMIT_BOUNDS),
+        }
+    }
 }
 
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(&self, c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, g: &AtomicU64, value: usize) {
+        g.store(value as u64, Ordering::Relaxed);
+    }
+
+    /// Reads a counter or gauge.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Counts an ended call from its CDR: its disposition, and the loss and jitter of
+    /// each stream the relay carried.
+    pub fn on_cdr(&self, cdr: &Cdr) {
+        use crate::calls::cdr::Disposition;
+        let i = match cdr.disposition {
+            Disposition::Answered => 0,
+            Disposition::NoAnswer => 1,
+            Disposition::Busy => 2,
+            Disposition::Failed => 3,
+            Disposition::Cancelled => 4,
+        };
+        self.inc(&self.calls_ended[i]);
+        if let Some(m) = &cdr.media {
+            for side in [&m.caller, &m.callee] {
+                // A side that sent nothing has no jitter to speak of.
+                if side.packets > 0 {
+                    self.media_lost.fetch_add(side.lost, Ordering::Relaxed);
+                    self.media_jitter
+                        .observe_duration(Duration::from_micros(side.jitter_us.into()));
+                }
+            }
+        }
     }
 
     /// Name/value pairs for logging and export.

@@ -102,6 +102,7 @@ impl Backing {
     /// What the core writes through, and where it hears of writes that finish later.
     fn persist(
         &self,
+        metrics: &Arc<Metrics>,
     ) -> (
         Box<dyn Persist>,
         Option<mpsc::UnboundedReceiver<Completion>>,
@@ -110,7 +111,8 @@ impl Backing {
             Backing::Local(s) => (Box::new(LocalStore(s.clone())), None),
             Backing::Cluster { member, .. } => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                (Box::new(ClusterPersist::new(member.clone(), tx)), Some(rx))
+                let persist = ClusterPersist::new(member.clone(), tx).with_metrics(metrics.clone());
+                (Box::new(persist), Some(rx))
             }
         }
     }
@@ -457,7 +459,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
     let state = backing.initial_state()?;
-    let (persist, written) = backing.persist();
+    let (persist, written) = backing.persist(&metrics);
     let (relay, media_events) = match start_relay(&cfg)? {
         Some((relay, events)) => (Some(relay), Some(events)),
         None => (None, None),
@@ -505,6 +507,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             node_id: cfg.node.id,
             metrics: metrics.clone(),
             started: std::time::Instant::now(),
+            relay: relay_stats.clone(),
             enroller: match &backing {
                 Backing::Cluster { _enroller, .. } => _enroller.clone(),
                 Backing::Local(_) => None,

@@ -658,6 +658,7 @@ impl DpdkRelay {
         RelayCounters {
             sessions: self.control().sessions.len(),
             forwarded: d.forwarded,
+            bytes: 0,
             dropped: d.dropped,
             send_failed: d.send_failed,
             truncated: d.truncated,

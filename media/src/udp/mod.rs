@@ -191,6 +191,9 @@ pub struct RelayCounters {
     pub sessions: usize,
     /// Datagrams forwarded.
     pub forwarded: u64,
+    /// Bytes of the datagrams forwarded in user space (not the kernel path's; 0 on
+    /// the DPDK backend, which does not count them).
+    pub bytes: u64,
     /// Datagrams dropped by session decisions or as truncated.
     pub dropped: u64,
     /// Datagrams the kernel refused to send.
@@ -697,6 +700,7 @@ impl RelayHandle {
         RelayCounters {
             sessions: self.control().sessions.len(),
             forwarded: c.forwarded.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             send_failed: c.send_failed.load(Ordering::Relaxed),
             truncated: c.truncated.load(Ordering::Relaxed),

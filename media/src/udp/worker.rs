@@ -65,6 +65,8 @@ pub enum Command {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub forwarded: AtomicU64,
+    /// Bytes of the datagrams handed to the send queues (user-space path).
+    pub bytes: AtomicU64,
     pub dropped: AtomicU64,
     pub send_failed: AtomicU64,
     pub truncated: AtomicU64,
@@ -328,6 +330,7 @@ impl Worker {
             slot.sockets[socket_index(side.other(), Channel::Rtcp)].as_raw_fd(),
         ];
         let (mut forwarded, mut dropped, mut failed, mut truncated) = (0u64, 0u64, 0u64, 0u64);
+        let mut bytes = 0u64;
         for _ in 0..ROUNDS_PER_WAKE {
             let n = match self.recv.recv(fd) {
                 Ok(n) if n > 0 => n,
@@ -342,6 +345,7 @@ impl Worker {
                 };
                 match slot.session.on_packet(side, channel, from, data, now) {
                     Decision::Forward { to, via } => {
+                        bytes += data.len() as u64;
                         let q = match via {
                             Channel::Rtp => 0,
                             Channel::Rtcp => 1,
@@ -367,6 +371,7 @@ impl Worker {
         }
         let c = &self.p.counters;
         c.forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
         c.dropped.fetch_add(dropped, Ordering::Relaxed);
         c.send_failed.fetch_add(failed, Ordering::Relaxed);
         c.truncated.fetch_add(truncated, Ordering::Relaxed);

@@ -1,11 +1,13 @@
 //! The admin HTTP listener (hyper, HTTP/1.1, JSON): what `switchctl` and operators'
-//! tools talk to. It answers `/healthz`, `/readyz`, the node's counters and the cluster
-//! operations (`/v1/cluster...`, see [`cluster`]).
+//! tools talk to. It answers `/healthz`, `/readyz`, the node's counters, Prometheus'
+//! `/metrics` (see [`prometheus`]) and the cluster operations (`/v1/cluster...`, see
+//! [`cluster`]).
 
 mod body;
 mod cluster;
 mod data;
 mod extensions;
+pub mod prometheus;
 mod reply;
 
 pub use data::Data;
@@ -42,6 +44,8 @@ pub struct AdminState {
     pub enroller: Option<Arc<Enroller>>,
     /// The node's state (extensions, calls), and its Raft member if it has one.
     pub data: Data,
+    /// The media relay, for its counters; `None` without `[media] enabled`.
+    pub relay: Option<Arc<media::backend::MediaRelay>>,
 }
 
 impl AdminState {
@@ -122,6 +126,7 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Reply {
         "/healthz" => return get_only(healthz),
         "/readyz" => return get_only(cluster::ready),
         "/v1/counters" => return get_only(counters),
+        "/metrics" => return get_only(prometheus::metrics),
         "/v1/cluster" if method == Method::GET => return cluster::status(state).await,
         "/v1/cluster" => return not_allowed(&method, &path, "GET"),
         "/v1/cluster/tokens" if method == Method::POST => {
@@ -229,6 +234,7 @@ mod tests {
             metrics,
             started: Instant::now(),
             enroller: None,
+            relay: None,
             data: Data::Local {
                 store,
                 feed: tokio::sync::mpsc::unbounded_channel().0,
@@ -296,6 +302,7 @@ mod tests {
             metrics: Arc::default(),
             started: Instant::now(),
             enroller: None,
+            relay: None,
             data: Data::Local { store, feed },
         });
         let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();

@@ -126,6 +126,8 @@ struct Call {
     b_peer: Option<Peer>,
     phase: Phase,
     start: SystemTime,
+    /// When the caller's INVITE was handled, for the setup-time histogram.
+    arrived: Instant,
     answer: Option<SystemTime>,
     best_failure: Option<(u16, String)>,
     /// ACK owed to a side once the other side ACKs a relayed 2xx: (side, CSeq).
@@ -325,6 +327,8 @@ impl Calls {
                 r.headers.push("Retry-After", "5");
             }
             ctx.respond(&key, r);
+            // Refused on arrival: its setup took no time worth measuring, but it counts.
+            ctx.metrics.call_setup.observe(0.0);
             let (disposition, default_cause) = classify_failure(code);
             ctx.metrics.inc(&ctx.metrics.calls_attempted);
             ctx.write(Command::AppendCdr(Cdr {
@@ -462,6 +466,7 @@ impl Calls {
             b_peer: None,
             phase: Phase::Calling,
             start,
+            arrived: ctx.now,
             answer: None,
             best_failure: None,
             owed_ack: None,
@@ -559,6 +564,9 @@ impl Calls {
                 call.phase = Phase::Answered;
                 call.answer = Some(SystemTime::now());
                 ctx.metrics.inc(&ctx.metrics.calls_answered);
+                ctx.metrics
+                    .call_setup
+                    .observe_duration(ctx.now.saturating_duration_since(call.arrived));
                 let others: Vec<TxKey> = call
                     .forks
                     .iter()
@@ -627,6 +635,9 @@ impl Calls {
         };
         let r = a_response(ctx, None, call, code, reason, None);
         ctx.respond(&call.a_key.clone(), r);
+        ctx.metrics
+            .call_setup
+            .observe_duration(ctx.now.saturating_duration_since(call.arrived));
         let pending: Vec<TxKey> = call
             .forks
             .iter()

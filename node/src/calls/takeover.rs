@@ -109,6 +109,8 @@ impl Calls {
             b_peer: Some(b.peer),
             phase: Phase::Answered,
             start: time_of(&r.start),
+            // Answered before it came here: its setup time was the old node's to measure.
+            arrived: std::time::Instant::now(),
             answer: Some(
                 r.answer
                     .as_deref()

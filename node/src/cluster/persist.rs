@@ -4,6 +4,7 @@
 
 use super::ReplicatedState;
 use crate::core::Completion;
+use crate::metrics::Metrics;
 use crate::persist::{Persist, WriteId, Written};
 use crate::store::Command;
 use consensus::rpc::RpcClient;
@@ -24,6 +25,8 @@ pub struct ClusterPersist<C: RpcClient> {
     /// Where proposals run: the runtime that made this, not the core's own thread, so
     /// that encoding and handing over entries happens beside the core, not on it.
     runtime: tokio::runtime::Handle,
+    /// Where commit latencies go, when someone reads them.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<C: RpcClient> ClusterPersist<C> {
@@ -38,7 +41,14 @@ impl<C: RpcClient> ClusterPersist<C> {
             done,
             in_flight: Arc::default(),
             runtime: tokio::runtime::Handle::current(),
+            metrics: None,
         }
+    }
+
+    /// Records each write's proposal-to-commit time in `metrics.raft_commit`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -52,18 +62,23 @@ impl<C: RpcClient> Persist for ClusterPersist<C> {
             1 => cmds.remove(0),
             _ => Command::Batch(cmds),
         };
-        let (consensus, done, in_flight) = (
+        let (consensus, done, in_flight, metrics) = (
             self.consensus.clone(),
             self.done.clone(),
             self.in_flight.clone(),
+            self.metrics.clone(),
         );
         self.runtime.spawn(async move {
+            let proposed = std::time::Instant::now();
             let result = consensus
                 .propose(cmd)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string());
             in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let (Some(m), Ok(())) = (&metrics, &result) {
+                m.raft_commit.observe_duration(proposed.elapsed());
+            }
             // The core is gone only when the node stops.
             let _ = done.send((id, result));
         });

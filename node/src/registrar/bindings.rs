@@ -202,6 +202,11 @@ impl BindingTable {
         self.total
     }
 
+    /// Addresses of record with at least one binding (registered extensions).
+    pub fn aors(&self) -> usize {
+        self.by_aor.len()
+    }
+
     /// True when there are no bindings.
     pub fn is_empty(&self) -> bool {
         self.total == 0

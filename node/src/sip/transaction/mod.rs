@@ -214,6 +214,8 @@ pub struct TxStats {
     pub rejected_full: u64,
     /// Responses that matched no client transaction.
     pub stray_responses: u64,
+    /// Requests and responses resent by a retransmission timer (A, E, G, 2xx).
+    pub retransmissions: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -958,6 +960,7 @@ impl TransactionLayer {
                     _ => None,
                 };
                 if let Some(bytes) = bytes {
+                    self.stats.retransmissions += 1;
                     out.push(Action::Send { bytes, to: tx.peer });
                     // At least 1 ms, so a zero T1 cannot spin this loop.
                     let delay = tx.interval.max(Duration::from_millis(1));
