@@ -602,7 +602,10 @@ impl Core {
             | Command::MarkSeeded
             | Command::StartCall(_)
             | Command::AnswerCall(_)
-            | Command::EndCall { .. } => {}
+            | Command::EndCall { .. }
+            | Command::PutApiToken { .. }
+            | Command::RemoveApiToken { .. }
+            | Command::AppendAudit(_) => {}
         }
     }
 

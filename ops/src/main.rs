@@ -4,8 +4,10 @@
 //! node runs), and operates its cluster over the node's admin HTTP API
 //! (`cluster status|token|remove-node|leave|transfer-leader`) or offline before it starts (`cluster join|init`).
 
+mod access;
 mod client;
 mod cluster;
+mod config;
 mod extension;
 mod join;
 mod table;
@@ -21,14 +23,18 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "switchctl", version, about = "Operate a softswitch node")]
 struct Cli {
-    /// The node's admin API (`[admin] listen`).
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHCTL_ADMIN",
-        default_value = "127.0.0.1:8060"
-    )]
-    admin: String,
+    /// The node's admin API (`[admin] listen`; default: the config file's, else
+    /// 127.0.0.1:8060).
+    #[arg(long, global = true, env = "SWITCHCTL_ADMIN")]
+    admin: Option<String>,
+    /// The admin API bearer token (default: the config file's, else
+    /// ./data/admin-token, the file a node writes on its first start).
+    #[arg(long, global = true, env = "SWITCHCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The config file (`admin`, `token`, `token_file`); default
+    /// ~/.config/switchctl/config.toml when it exists.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// How to print results.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -67,6 +73,40 @@ enum Command {
     Calls {
         #[command(subcommand)]
         action: CallsAction,
+    },
+    /// The admin API's bearer tokens (admin role).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Changes made through the admin API, oldest first (admin role).
+    Audit {
+        /// From this time (RFC 3339) or entry id on.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many entries (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Every token's name, role and creation time.
+    List,
+    /// Create a token; it is printed once, only now.
+    Add {
+        /// A unique name (letters, digits, '.', '_', '-').
+        name: String,
+        /// What it may do: read-only (GET), operator (also calls, registrations,
+        /// extensions), admin (also tokens and the cluster).
+        #[arg(long, value_parser = ["admin", "operator", "read-only"])]
+        role: String,
+    },
+    /// Revoke a token (every member refuses it at once).
+    Remove {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -223,9 +263,15 @@ fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one online command against the admin API at `admin`.
+/// Where the admin API is and how to authenticate to it.
+struct Target {
+    admin: String,
+    token: Option<String>,
+}
+
+/// Runs one online command against the admin API.
 fn online<F: std::future::Future<Output = anyhow::Result<()>>>(
-    admin: &str,
+    target: &Target,
     command: impl FnOnce(client::Admin) -> F,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -233,10 +279,34 @@ fn online<F: std::future::Future<Output = anyhow::Result<()>>>(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(command(client::Admin::new(admin)))
+    rt.block_on(command(client::Admin::new(
+        &target.admin,
+        target.token.clone(),
+    )))
 }
 
-fn run_extension(admin: &str, output: Output, action: ExtensionAction) -> anyhow::Result<()> {
+/// `s` percent-encoded for one path segment.
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `s` encoded as a query value.
+pub fn query_value(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The exit code for a failure: 3 not found, 4 conflict, 5 authentication or
+/// permission, 1 anything else (clap exits 2 on usage errors itself).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<client::ApiError>().map(|a| a.status) {
+        Some(404) => 3,
+        Some(409) => 4,
+        Some(401 | 403) => 5,
+        _ => 1,
+    }
+}
+
+fn run_extension(admin: &Target, output: Output, action: ExtensionAction) -> anyhow::Result<()> {
     online(admin, |admin| async move {
         match action {
             ExtensionAction::List => extension::list(&admin, output).await,
@@ -256,7 +326,7 @@ fn run_extension(admin: &str, output: Output, action: ExtensionAction) -> anyhow
     })
 }
 
-fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Result<()> {
+fn run_cluster(admin: &Target, output: Output, action: ClusterAction) -> anyhow::Result<()> {
     online(admin, |admin| async move {
         match action {
             ClusterAction::Status => cluster::status(&admin, output).await,
@@ -276,8 +346,33 @@ fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Re
     })
 }
 
+fn run_token(admin: &Target, output: Output, action: TokenAction) -> anyhow::Result<()> {
+    online(admin, |admin| async move {
+        match action {
+            TokenAction::List => access::list(&admin, output).await,
+            TokenAction::Add { name, role } => access::add(&admin, &name, &role, output).await,
+            TokenAction::Remove { name } => access::remove(&admin, &name, output).await,
+        }
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let file = match config::load(cli.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("switchctl: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let target = Target {
+        admin: cli
+            .admin
+            .clone()
+            .or_else(|| file.admin.clone())
+            .unwrap_or_else(|| config::DEFAULT_ADMIN.to_string()),
+        token: config::token(cli.token.clone(), &file, None),
+    };
     let result = match cli.command {
         Command::Cdr {
             action: ListAction::List { data_dir },
@@ -295,19 +390,23 @@ fn main() -> std::process::ExitCode {
                 .collect();
             print_lines(&rows)
         }),
-        Command::Cluster { action } => run_cluster(&cli.admin, cli.output, action),
-        Command::Extension { action } => run_extension(&cli.admin, cli.output, action),
+        Command::Cluster { action } => run_cluster(&target, cli.output, action),
+        Command::Extension { action } => run_extension(&target, cli.output, action),
         Command::Calls {
             action: CallsAction::List,
-        } => online(&cli.admin, |admin| async move {
+        } => online(&target, |admin| async move {
             extension::calls(&admin, cli.output).await
+        }),
+        Command::Token { action } => run_token(&target, cli.output, action),
+        Command::Audit { since, limit } => online(&target, |admin| async move {
+            access::audit(&admin, since.as_deref(), limit, cli.output).await
         }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchctl: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_code(&e))
         }
     }
 }

@@ -8,7 +8,7 @@ use super::AdminState;
 use crate::cluster::ReplicatedState;
 use consensus::join::QuicConsensus;
 use consensus::{AdminError, NodeId, Role, Status};
-use hyper::body::Incoming;
+
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -154,12 +154,12 @@ struct TokenRequest {
 }
 
 /// `POST /v1/cluster/tokens`: a one-time join token (every member holds the CA key).
-pub async fn issue_token(state: Arc<AdminState>, body: Incoming) -> Reply {
+pub async fn issue_token(state: Arc<AdminState>, body: &[u8]) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
         Err(r) => return *r,
     };
-    let req: TokenRequest = match read_json(body).await {
+    let req: TokenRequest = match read_json(body) {
         Ok(r) => r,
         Err(r) => return *r,
     };
@@ -230,12 +230,12 @@ struct TransferRequest {
 
 /// `POST /v1/cluster/transfer-leader`: hands leadership to `to` (or the most caught-up
 /// voter) and answers the new leader.
-pub async fn transfer_leader(state: Arc<AdminState>, body: Incoming) -> Reply {
+pub async fn transfer_leader(state: Arc<AdminState>, body: &[u8]) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
         Err(r) => return *r,
     };
-    let req: TransferRequest = match read_json(body).await {
+    let req: TransferRequest = match read_json(body) {
         Ok(r) => r,
         Err(r) => return *r,
     };
