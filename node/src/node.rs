@@ -498,12 +498,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Some(p) => (Some(p.controller), Some(p.events), Some(p.gate)),
         None => (None, None, None),
     };
+    // Bounded: an operator's requests are few; a full queue answers 503.
+    let (admin_tx, admin_rx) = mpsc::channel(64);
     let feeds = Feeds {
         written,
         applied: Some(applied_rx),
         media: media_events,
         stop: Some(stop),
         vip: vip_events,
+        admin: Some(admin_rx),
     };
     let relay_stats = relay.clone();
     let (core_started, core_ended) = spawn_core(CoreStart {
@@ -549,6 +552,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                     feed: applied_tx,
                 },
             },
+            core: Some(admin_tx),
+            vip: [cfg.vip.address, cfg.vip.address6]
+                .into_iter()
+                .flatten()
+                .map(|a| a.to_string())
+                .collect(),
         });
         let addr = crate::admin::start(cfg.admin.listen, state)
             .await

@@ -10,6 +10,7 @@ mod cluster;
 mod config;
 mod extension;
 mod join;
+mod resources;
 mod table;
 
 use anyhow::Context;
@@ -47,7 +48,7 @@ enum Command {
     /// Call detail records.
     Cdr {
         #[command(subcommand)]
-        action: ListAction,
+        action: CdrAction,
     },
     /// Extensions of the PBX.
     Extensions {
@@ -57,7 +58,7 @@ enum Command {
     /// Registered contacts.
     Registrations {
         #[command(subcommand)]
-        action: ListAction,
+        action: RegistrationsAction,
     },
     /// The node's Raft cluster.
     Cluster {
@@ -150,7 +151,64 @@ enum ExtensionAction {
 #[derive(Subcommand, Debug)]
 enum CallsAction {
     /// Calls in progress in the cluster.
-    List,
+    List {
+        #[command(flatten)]
+        paging: resources::Paging,
+    },
+    /// Hang a call up (BYE to both sides; the CDR says admin_hangup).
+    Hangup {
+        /// The caller's Call-ID (as `calls list` shows it).
+        call_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CdrAction {
+    /// Offline: every CDR in a node's data dir, one JSON object per line.
+    List {
+        /// The node's data directory (`node.data_dir`).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// CDRs matching the filters, through the admin API.
+    Query {
+        #[command(flatten)]
+        filter: resources::CdrFilter,
+        #[command(flatten)]
+        paging: resources::Paging,
+    },
+    /// Every matching CDR, as CSV or JSON lines, through the admin API.
+    Export {
+        /// csv or json.
+        #[arg(long, value_enum, default_value_t = resources::ExportFormat::Csv)]
+        format: resources::ExportFormat,
+        #[command(flatten)]
+        filter: resources::CdrFilter,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistrationsAction {
+    /// Registered contacts: through the admin API, or with --data-dir offline from a
+    /// node's data dir (one JSON object per line).
+    List {
+        /// Read this data directory offline instead of asking the admin API.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only this extension's contacts.
+        #[arg(long)]
+        extension: Option<String>,
+        #[command(flatten)]
+        paging: resources::Paging,
+    },
+    /// Unregister an extension: every contact, or the one given.
+    Remove {
+        /// The address of record (extension number).
+        aor: String,
+        /// Only this contact URI.
+        #[arg(long)]
+        contact: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -373,15 +431,45 @@ fn main() -> std::process::ExitCode {
             .unwrap_or_else(|| config::DEFAULT_ADMIN.to_string()),
         token: config::token(cli.token.clone(), &file, None),
     };
+    let output = cli.output;
     let result = match cli.command {
         Command::Cdr {
-            action: ListAction::List { data_dir },
+            action: CdrAction::List { data_dir },
         } => open(&data_dir).and_then(|(s, _t)| print_lines(&s.cdrs()?)),
+        Command::Cdr {
+            action: CdrAction::Query { filter, paging },
+        } => online(&target, |admin| async move {
+            resources::cdrs(&admin, &filter, &paging, output).await
+        }),
+        Command::Cdr {
+            action: CdrAction::Export { format, filter },
+        } => online(&target, |admin| async move {
+            resources::export(&admin, &filter, format).await
+        }),
         Command::Extensions {
             action: ListAction::List { data_dir },
         } => open(&data_dir).and_then(|(s, _t)| print_lines(&s.extensions()?)),
         Command::Registrations {
-            action: ListAction::List { data_dir },
+            action:
+                RegistrationsAction::List {
+                    data_dir: None,
+                    extension,
+                    paging,
+                },
+        } => online(&target, |admin| async move {
+            resources::registrations(&admin, extension, &paging, output).await
+        }),
+        Command::Registrations {
+            action: RegistrationsAction::Remove { aor, contact },
+        } => online(&target, |admin| async move {
+            resources::unregister(&admin, &aor, contact, output).await
+        }),
+        Command::Registrations {
+            action:
+                RegistrationsAction::List {
+                    data_dir: Some(data_dir),
+                    ..
+                },
         } => open(&data_dir).and_then(|(s, _t)| {
             let rows: Vec<serde_json::Value> = s
                 .bindings()?
@@ -393,9 +481,14 @@ fn main() -> std::process::ExitCode {
         Command::Cluster { action } => run_cluster(&target, cli.output, action),
         Command::Extension { action } => run_extension(&target, cli.output, action),
         Command::Calls {
-            action: CallsAction::List,
+            action: CallsAction::List { paging },
         } => online(&target, |admin| async move {
-            extension::calls(&admin, cli.output).await
+            resources::calls(&admin, &paging, output).await
+        }),
+        Command::Calls {
+            action: CallsAction::Hangup { call_id },
+        } => online(&target, |admin| async move {
+            resources::hang_up(&admin, &call_id, output).await
         }),
         Command::Token { action } => run_token(&target, cli.output, action),
         Command::Audit { since, limit } => online(&target, |admin| async move {

@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod body;
+mod calls;
 mod cdrs;
 mod cluster;
 mod data;
@@ -50,6 +51,10 @@ pub struct AdminState {
     pub enroller: Option<Arc<Enroller>>,
     /// The node's state (extensions, calls), and its Raft member if it has one.
     pub data: Data,
+    /// The SIP core, for what only it can do (hang a call up); `None` in tests.
+    pub core: Option<tokio::sync::mpsc::Sender<crate::core::AdminRequest>>,
+    /// The virtual IP(s) the cluster's leader holds (`[vip]`), for `/v1/cluster`.
+    pub vip: Vec<String>,
 }
 
 impl AdminState {
@@ -221,6 +226,8 @@ mod tests {
             started: Instant::now(),
             enroller: None,
             data: Data::Local { store, feed },
+            core: None,
+            vip: Vec::new(),
         });
         let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
         (addr, token, applied, dir)

@@ -3,7 +3,9 @@
 
 use super::auth::Caller;
 use super::reply::{error, json, Reply};
-use super::{audit, cdrs, cluster, extensions, not_allowed, registrations, tokens, AdminState};
+use super::{
+    audit, calls, cdrs, cluster, extensions, not_allowed, registrations, tokens, AdminState,
+};
 use hyper::{Method, StatusCode};
 use std::sync::Arc;
 
@@ -47,7 +49,7 @@ pub async fn dispatch(state: &Arc<AdminState>, call: Call<'_>) -> Reply {
         "/v1/extensions" if get => return extensions::list(data),
         "/v1/extensions" if post => return extensions::create(data, body).await,
         "/v1/extensions" => return not_allowed(method, path, "GET, POST"),
-        "/v1/calls" if get => return calls(state),
+        "/v1/calls" if get => return calls::list(data, query),
         "/v1/calls" => return not_allowed(method, path, "GET"),
         "/v1/tokens" if get => return tokens::list(data, query),
         "/v1/tokens" if post => return tokens::create(data, body).await,
@@ -68,6 +70,12 @@ pub async fn dispatch(state: &Arc<AdminState>, call: Call<'_>) -> Reply {
             Method::PATCH => extensions::change(data, number, body).await,
             Method::DELETE => extensions::remove(data, number, query).await,
             _ => not_allowed(method, path, "GET, PATCH, DELETE"),
+        };
+    }
+    if let Some(id) = path.strip_prefix("/v1/calls/") {
+        return match *method {
+            Method::DELETE => calls::hang_up(state, &decoded(id)).await,
+            _ => not_allowed(method, path, "DELETE"),
         };
     }
     if let Some(aor) = path.strip_prefix("/v1/registrations/") {
@@ -99,17 +107,6 @@ pub fn decoded(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-/// `GET /v1/calls`: the calls in progress (cluster-wide in a cluster), oldest first.
-fn calls(state: &AdminState) -> Reply {
-    match state.data.read(crate::store::calls) {
-        Ok(mut all) => {
-            all.sort_by(|a, b| a.start.cmp(&b.start));
-            json(StatusCode::OK, serde_json::json!({ "calls": all }))
-        }
-        Err(r) => *r,
-    }
 }
 
 /// The node's counters by name.
