@@ -387,6 +387,21 @@ pub struct Feeds {
     pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
     /// The virtual IP coming to this node (take the calls over) and going.
     pub vip: Option<mpsc::UnboundedReceiver<crate::cluster::vip::VipEvent>>,
+    /// What operators ask through the admin API (hang a call up).
+    pub admin: Option<mpsc::Receiver<AdminRequest>>,
+}
+
+/// A request of the admin API to the SIP core, which alone owns the calls.
+#[derive(Debug)]
+pub enum AdminRequest {
+    /// End the call whose caller's leg has this Call-ID; answers whether this node
+    /// had it live.
+    HangUp {
+        /// Call-ID of the caller's leg.
+        call_id: String,
+        /// Where the answer goes.
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
 }
 
 /// A REGISTER answer held until its binding is written: the transaction, the 200, and
@@ -571,6 +586,22 @@ impl Core {
         }
     }
 
+    /// An operator's request through the admin API.
+    pub fn on_admin(&mut self, request: AdminRequest, now: Instant) {
+        match request {
+            AdminRequest::HangUp { call_id, done } => {
+                // A suspended node's calls are the VIP holder's now.
+                let found = !self.suspended && {
+                    let mut ctx = ctx!(self, now);
+                    self.calls.hang_up(&mut ctx, &call_id)
+                };
+                self.flush(now);
+                self.commit(now);
+                let _ = done.send(found);
+            }
+        }
+    }
+
     /// What the replicated state reports: one change, or a whole new state.
     pub fn on_replicated(&mut self, change: crate::cluster::Applied) {
         match change {
@@ -609,7 +640,10 @@ impl Core {
             | Command::MarkSeeded
             | Command::StartCall(_)
             | Command::AnswerCall(_)
-            | Command::EndCall { .. } => {}
+            | Command::EndCall { .. }
+            | Command::PutApiToken { .. }
+            | Command::RemoveApiToken { .. }
+            | Command::AppendAudit(_) => {}
         }
     }
 
@@ -629,6 +663,7 @@ impl Core {
             mut media,
             stop,
             mut vip,
+            mut admin,
         } = feeds;
         let mut stop = stop;
         let mut chunk: Vec<Inbound> = Vec::with_capacity(2 * READ_CHUNK);
@@ -739,6 +774,12 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            let admin_request = async {
+                match admin.as_mut() {
+                    Some(a) => a.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => chunk.push(m),
@@ -754,6 +795,10 @@ impl Core {
                 v = vip_event => match v {
                     Some(event) => self.on_vip(event, Instant::now()),
                     None => vip = None,
+                },
+                a = admin_request => match a {
+                    Some(request) => self.on_admin(request, Instant::now()),
+                    None => admin = None,
                 },
                 e = media_event => match e {
                     Some(event) => self.on_media_event(event, Instant::now()),

@@ -23,6 +23,9 @@ use tokio::sync::mpsc;
 /// File in the data directory holding the demo extensions' generated passwords.
 pub const DEMO_CREDENTIALS: &str = "demo-credentials.txt";
 
+/// File in the data directory holding the first admin API token.
+pub const ADMIN_TOKEN: &str = "admin-token";
+
 /// Opens the store under `data_dir/store`, loading the PBX seed on first start.
 pub fn open_store(cfg: &NodeConfig) -> anyhow::Result<Store> {
     let dir = &cfg.node.data_dir;
@@ -31,6 +34,9 @@ pub fn open_store(cfg: &NodeConfig) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open the store in {}", dir.display()))?;
     if !store.is_seeded()? {
         store.apply_all(&seed_commands(cfg)?)?;
+    }
+    if store.read(store::tokens)?.is_empty() {
+        store.apply(&admin_token_command(cfg)?)?;
     }
     Ok(store)
 }
@@ -69,6 +75,25 @@ fn seed_commands(cfg: &NodeConfig) -> anyhow::Result<Vec<Command>> {
         .collect();
     cmds.push(Command::MarkSeeded);
     Ok(cmds)
+}
+
+/// A new `admin` API token for a state that has none (first start): written (mode
+/// 0600) to the data dir before it is stored, so that a stored token is never lost.
+fn admin_token_command(cfg: &NodeConfig) -> anyhow::Result<Command> {
+    let path = cfg.node.data_dir.join(ADMIN_TOKEN);
+    let (token, hash) = crate::admin::new_token();
+    write_private(&path, &format!("{token}\n"))?;
+    println!(
+        "First start: admin API token created (role admin), kept in {}; \
+         switchctl reads it with --token, SWITCHCTL_TOKEN or its config file.",
+        path.display()
+    );
+    Ok(Command::PutApiToken {
+        name: "admin".into(),
+        role: store::Role::Admin,
+        hash,
+        created: crate::calls::cdr::rfc3339(std::time::SystemTime::now()),
+    })
 }
 
 /// Where the node's state lives: its own store, or the cluster it is a member of.
@@ -190,7 +215,8 @@ async fn start_cluster(cfg: &NodeConfig, app: ReplicatedState) -> anyhow::Result
     })
 }
 
-/// Loads the PBX seed into the replicated state once, from the leader.
+/// Loads the PBX seed and the first admin token into the replicated state once, from
+/// the leader.
 async fn seed_cluster(
     cfg: &NodeConfig,
     member: &QuicConsensus<ReplicatedState>,
@@ -212,13 +238,18 @@ async fn seed_cluster(
     if leader != Some(member.id()) {
         return Ok(()); // the leader seeds; this node learns it through replication
     }
-    if member.read(store::is_seeded)?? {
-        return Ok(());
+    if !member.read(store::is_seeded)?? {
+        member
+            .propose(Command::Batch(seed_commands(cfg)?))
+            .await
+            .context("cannot store the PBX seed in the cluster")?;
     }
-    member
-        .propose(Command::Batch(seed_commands(cfg)?))
-        .await
-        .context("cannot store the PBX seed in the cluster")?;
+    if member.read(store::tokens)??.is_empty() {
+        member
+            .propose(admin_token_command(cfg)?)
+            .await
+            .context("cannot store the first admin API token in the cluster")?;
+    }
     Ok(())
 }
 
@@ -469,12 +500,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Some(p) => (Some(p.controller), Some(p.events), Some(p.gate)),
         None => (None, None, None),
     };
+    // Bounded: an operator's requests are few; a full queue answers 503.
+    let (admin_tx, admin_rx) = mpsc::channel(64);
     let feeds = Feeds {
         written,
         applied: Some(applied_rx),
         media: media_events,
         stop: Some(stop),
         vip: vip_events,
+        admin: Some(admin_rx),
     };
     let relay_stats = relay.clone();
     let (core_started, core_ended) = spawn_core(CoreStart {
@@ -521,6 +555,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                     feed: applied_tx,
                 },
             },
+            core: Some(admin_tx),
+            vip: [cfg.vip.address, cfg.vip.address6]
+                .into_iter()
+                .flatten()
+                .map(|a| a.to_string())
+                .collect(),
         });
         let addr = crate::admin::start(cfg.admin.listen, state)
             .await

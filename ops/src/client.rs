@@ -12,17 +12,76 @@ use std::time::Duration;
 /// Bound on connecting, sending and reading one whole answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A non-2xx answer of the admin API: its status decides `switchctl`'s exit code.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// What the node said.
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 /// A node's admin API at `host:port`.
 pub struct Admin {
     addr: String,
+    token: Option<String>,
 }
 
 impl Admin {
-    /// The API at `addr` (`host:port`; a leading `http://` is accepted).
-    pub fn new(addr: &str) -> Admin {
+    /// The API at `addr` (`host:port`; a leading `http://` is accepted), called with
+    /// the bearer `token` when there is one.
+    pub fn new(addr: &str, token: Option<String>) -> Admin {
         let addr = addr.trim_start_matches("http://").trim_end_matches('/');
         Admin {
             addr: addr.to_owned(),
+            token,
+        }
+    }
+
+    /// Like [`Admin::call`] but answers the raw body (CSV exports).
+    pub async fn call_text(&self, method: Method, path: &str) -> anyhow::Result<Bytes> {
+        let (status, text) = self.bounded(method.clone(), path, None).await?;
+        if !(200..300).contains(&status) {
+            return Err(self.failed(status, &text).into());
+        }
+        Ok(text)
+    }
+
+    async fn bounded(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let exchange = self.exchange(method.clone(), path, body);
+        tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| {
+            anyhow!(
+                "the admin API at {} did not answer {method} {path} within {TIMEOUT:?}; is the node overloaded or stuck?",
+                self.addr
+            )
+        })?
+    }
+
+    fn failed(&self, status: u16, text: &[u8]) -> ApiError {
+        let message = serde_json::from_slice::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(text).into_owned());
+        let hint = match (status, self.token.is_some()) {
+            (401, false) => " (no token given: use --token, SWITCHCTL_TOKEN or the config file)",
+            _ => "",
+        };
+        ApiError {
+            status,
+            message: format!("{} answered {status}: {message}{hint}", self.addr),
         }
     }
 
@@ -33,25 +92,11 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let exchange = self.exchange(method.clone(), path, body);
-        let (status, text) = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "the admin API at {} did not answer {method} {path} within {TIMEOUT:?}; is the node overloaded or stuck?",
-                    self.addr
-                )
-            })??;
-        let json: Option<Value> = serde_json::from_slice(&text).ok();
+        let (status, text) = self.bounded(method.clone(), path, body).await?;
         if !(200..300).contains(&status) {
-            let message = json
-                .as_ref()
-                .and_then(|v| v.get("error"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned());
-            return Err(anyhow!("{} answered {status}: {message}", self.addr));
+            return Err(self.failed(status, &text).into());
         }
+        let json: Option<Value> = serde_json::from_slice(&text).ok();
         json.ok_or_else(|| {
             anyhow!(
                 "{} answered {method} {path} with something other than JSON",
@@ -83,11 +128,15 @@ impl Admin {
             Some(v) => Bytes::from(v.to_string()),
             None => Bytes::new(),
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, self.addr.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
             .body(Full::new(payload))
             .context("cannot build the request")?;
         let resp = sender

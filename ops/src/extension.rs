@@ -144,15 +144,3 @@ async fn current_version(admin: &Admin, number: &str) -> anyhow::Result<u64> {
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("the node did not say the extension's version: {v}"))
 }
-
-/// Lists the calls in progress.
-pub async fn calls(admin: &Admin, output: Output) -> anyhow::Result<()> {
-    let v = admin.call(Method::GET, "/v1/calls", None).await?;
-    print(output, &v, |v| {
-        columns(
-            &["CALL-ID", "CALLER", "CALLEE", "NODE", "START", "ANSWER"],
-            &["call_id", "caller", "callee", "node", "start", "answer"],
-            v["calls"].as_array().map_or(&[], |a| a),
-        )
-    })
-}

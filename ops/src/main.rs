@@ -4,10 +4,13 @@
 //! node runs), and operates its cluster over the node's admin HTTP API
 //! (`cluster status|token|remove-node|leave|transfer-leader`) or offline before it starts (`cluster join|init`).
 
+mod access;
 mod client;
 mod cluster;
+mod config;
 mod extension;
 mod join;
+mod resources;
 mod table;
 
 use anyhow::Context;
@@ -21,14 +24,18 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "switchctl", version, about = "Operate a softswitch node")]
 struct Cli {
-    /// The node's admin API (`[admin] listen`).
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHCTL_ADMIN",
-        default_value = "127.0.0.1:8060"
-    )]
-    admin: String,
+    /// The node's admin API (`[admin] listen`; default: the config file's, else
+    /// 127.0.0.1:8060).
+    #[arg(long, global = true, env = "SWITCHCTL_ADMIN")]
+    admin: Option<String>,
+    /// The admin API bearer token (default: the config file's, else
+    /// ./data/admin-token, the file a node writes on its first start).
+    #[arg(long, global = true, env = "SWITCHCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The config file (`admin`, `token`, `token_file`); default
+    /// ~/.config/switchctl/config.toml when it exists.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// How to print results.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -41,7 +48,7 @@ enum Command {
     /// Call detail records.
     Cdr {
         #[command(subcommand)]
-        action: ListAction,
+        action: CdrAction,
     },
     /// Extensions of the PBX.
     Extensions {
@@ -51,7 +58,7 @@ enum Command {
     /// Registered contacts.
     Registrations {
         #[command(subcommand)]
-        action: ListAction,
+        action: RegistrationsAction,
     },
     /// The node's Raft cluster.
     Cluster {
@@ -67,6 +74,40 @@ enum Command {
     Calls {
         #[command(subcommand)]
         action: CallsAction,
+    },
+    /// The admin API's bearer tokens (admin role).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Changes made through the admin API, oldest first (admin role).
+    Audit {
+        /// From this time (RFC 3339) or entry id on.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many entries (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Every token's name, role and creation time.
+    List,
+    /// Create a token; it is printed once, only now.
+    Add {
+        /// A unique name (letters, digits, '.', '_', '-').
+        name: String,
+        /// What it may do: read-only (GET), operator (also calls, registrations,
+        /// extensions), admin (also tokens and the cluster).
+        #[arg(long, value_parser = ["admin", "operator", "read-only"])]
+        role: String,
+    },
+    /// Revoke a token (every member refuses it at once).
+    Remove {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -110,7 +151,64 @@ enum ExtensionAction {
 #[derive(Subcommand, Debug)]
 enum CallsAction {
     /// Calls in progress in the cluster.
-    List,
+    List {
+        #[command(flatten)]
+        paging: resources::Paging,
+    },
+    /// Hang a call up (BYE to both sides; the CDR says admin_hangup).
+    Hangup {
+        /// The caller's Call-ID (as `calls list` shows it).
+        call_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CdrAction {
+    /// Offline: every CDR in a node's data dir, one JSON object per line.
+    List {
+        /// The node's data directory (`node.data_dir`).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// CDRs matching the filters, through the admin API.
+    Query {
+        #[command(flatten)]
+        filter: resources::CdrFilter,
+        #[command(flatten)]
+        paging: resources::Paging,
+    },
+    /// Every matching CDR, as CSV or JSON lines, through the admin API.
+    Export {
+        /// csv or json.
+        #[arg(long, value_enum, default_value_t = resources::ExportFormat::Csv)]
+        format: resources::ExportFormat,
+        #[command(flatten)]
+        filter: resources::CdrFilter,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistrationsAction {
+    /// Registered contacts: through the admin API, or with --data-dir offline from a
+    /// node's data dir (one JSON object per line).
+    List {
+        /// Read this data directory offline instead of asking the admin API.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only this extension's contacts.
+        #[arg(long)]
+        extension: Option<String>,
+        #[command(flatten)]
+        paging: resources::Paging,
+    },
+    /// Unregister an extension: every contact, or the one given.
+    Remove {
+        /// The address of record (extension number).
+        aor: String,
+        /// Only this contact URI.
+        #[arg(long)]
+        contact: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -223,9 +321,15 @@ fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one online command against the admin API at `admin`.
+/// Where the admin API is and how to authenticate to it.
+struct Target {
+    admin: String,
+    token: Option<String>,
+}
+
+/// Runs one online command against the admin API.
 fn online<F: std::future::Future<Output = anyhow::Result<()>>>(
-    admin: &str,
+    target: &Target,
     command: impl FnOnce(client::Admin) -> F,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -233,10 +337,34 @@ fn online<F: std::future::Future<Output = anyhow::Result<()>>>(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(command(client::Admin::new(admin)))
+    rt.block_on(command(client::Admin::new(
+        &target.admin,
+        target.token.clone(),
+    )))
 }
 
-fn run_extension(admin: &str, output: Output, action: ExtensionAction) -> anyhow::Result<()> {
+/// `s` percent-encoded for one path segment.
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `s` encoded as a query value.
+pub fn query_value(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The exit code for a failure: 3 not found, 4 conflict, 5 authentication or
+/// permission, 1 anything else (clap exits 2 on usage errors itself).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<client::ApiError>().map(|a| a.status) {
+        Some(404) => 3,
+        Some(409) => 4,
+        Some(401 | 403) => 5,
+        _ => 1,
+    }
+}
+
+fn run_extension(admin: &Target, output: Output, action: ExtensionAction) -> anyhow::Result<()> {
     online(admin, |admin| async move {
         match action {
             ExtensionAction::List => extension::list(&admin, output).await,
@@ -256,7 +384,7 @@ fn run_extension(admin: &str, output: Output, action: ExtensionAction) -> anyhow
     })
 }
 
-fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Result<()> {
+fn run_cluster(admin: &Target, output: Output, action: ClusterAction) -> anyhow::Result<()> {
     online(admin, |admin| async move {
         match action {
             ClusterAction::Status => cluster::status(&admin, output).await,
@@ -276,17 +404,72 @@ fn run_cluster(admin: &str, output: Output, action: ClusterAction) -> anyhow::Re
     })
 }
 
+fn run_token(admin: &Target, output: Output, action: TokenAction) -> anyhow::Result<()> {
+    online(admin, |admin| async move {
+        match action {
+            TokenAction::List => access::list(&admin, output).await,
+            TokenAction::Add { name, role } => access::add(&admin, &name, &role, output).await,
+            TokenAction::Remove { name } => access::remove(&admin, &name, output).await,
+        }
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let file = match config::load(cli.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("switchctl: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let target = Target {
+        admin: cli
+            .admin
+            .clone()
+            .or_else(|| file.admin.clone())
+            .unwrap_or_else(|| config::DEFAULT_ADMIN.to_string()),
+        token: config::token(cli.token.clone(), &file, None),
+    };
+    let output = cli.output;
     let result = match cli.command {
         Command::Cdr {
-            action: ListAction::List { data_dir },
+            action: CdrAction::List { data_dir },
         } => open(&data_dir).and_then(|(s, _t)| print_lines(&s.cdrs()?)),
+        Command::Cdr {
+            action: CdrAction::Query { filter, paging },
+        } => online(&target, |admin| async move {
+            resources::cdrs(&admin, &filter, &paging, output).await
+        }),
+        Command::Cdr {
+            action: CdrAction::Export { format, filter },
+        } => online(&target, |admin| async move {
+            resources::export(&admin, &filter, format).await
+        }),
         Command::Extensions {
             action: ListAction::List { data_dir },
         } => open(&data_dir).and_then(|(s, _t)| print_lines(&s.extensions()?)),
         Command::Registrations {
-            action: ListAction::List { data_dir },
+            action:
+                RegistrationsAction::List {
+                    data_dir: None,
+                    extension,
+                    paging,
+                },
+        } => online(&target, |admin| async move {
+            resources::registrations(&admin, extension, &paging, output).await
+        }),
+        Command::Registrations {
+            action: RegistrationsAction::Remove { aor, contact },
+        } => online(&target, |admin| async move {
+            resources::unregister(&admin, &aor, contact, output).await
+        }),
+        Command::Registrations {
+            action:
+                RegistrationsAction::List {
+                    data_dir: Some(data_dir),
+                    ..
+                },
         } => open(&data_dir).and_then(|(s, _t)| {
             let rows: Vec<serde_json::Value> = s
                 .bindings()?
@@ -295,19 +478,28 @@ fn main() -> std::process::ExitCode {
                 .collect();
             print_lines(&rows)
         }),
-        Command::Cluster { action } => run_cluster(&cli.admin, cli.output, action),
-        Command::Extension { action } => run_extension(&cli.admin, cli.output, action),
+        Command::Cluster { action } => run_cluster(&target, cli.output, action),
+        Command::Extension { action } => run_extension(&target, cli.output, action),
         Command::Calls {
-            action: CallsAction::List,
-        } => online(&cli.admin, |admin| async move {
-            extension::calls(&admin, cli.output).await
+            action: CallsAction::List { paging },
+        } => online(&target, |admin| async move {
+            resources::calls(&admin, &paging, output).await
+        }),
+        Command::Calls {
+            action: CallsAction::Hangup { call_id },
+        } => online(&target, |admin| async move {
+            resources::hang_up(&admin, &call_id, output).await
+        }),
+        Command::Token { action } => run_token(&target, cli.output, action),
+        Command::Audit { since, limit } => online(&target, |admin| async move {
+            access::audit(&admin, since.as_deref(), limit, cli.output).await
         }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchctl: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_code(&e))
         }
     }
 }

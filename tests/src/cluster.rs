@@ -24,10 +24,14 @@ pub fn ok(cmd: &mut Command, dir: &Path, tag: &str) -> String {
     out
 }
 
-/// `switchctl --admin ADMIN ARGS...` as a command.
+/// `switchctl --admin ADMIN ARGS...` as a command, with the admin token known for
+/// `admin` (see [`crate::set_admin_token`]) in `SWITCHCTL_TOKEN`.
 pub fn switchctl(admin: SocketAddr, args: &[&str]) -> Command {
     let mut c = Command::new(switchctl_bin());
     c.args(["--admin", &admin.to_string()]).args(args);
+    if let Some(t) = crate::admin_token_for(admin) {
+        c.env("SWITCHCTL_TOKEN", t);
+    }
     c
 }
 
@@ -115,6 +119,10 @@ pub fn join_member(lab: &Lab, i: usize, via: &Node, work: &Path, opts: NodeOpts)
         ..opts
     })
     .expect("joined member");
+    // The tokens are replicated: the first member's works on this one too.
+    if let Some(t) = crate::admin_token_for(via.admin) {
+        crate::set_admin_token(node.admin, &t);
+    }
     wait_ready(node.admin);
     (node, progress)
 }

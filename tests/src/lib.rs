@@ -446,7 +446,24 @@ level = "{level}"
             vip: opts.vip.is_some(),
         };
         node.wait_ready(Duration::from_secs(30))?;
+        node.learn_admin_token();
         Ok(node)
+    }
+
+    /// The admin API token the node wrote on its first start (`<data_dir>/admin-token`);
+    /// `None` for a member that joined a cluster (the first member's token works there).
+    pub fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Remembers the node's admin token for [`http_get`] and `cluster::switchctl`.
+    fn learn_admin_token(&self) {
+        if let Some(t) = self.admin_token() {
+            set_admin_token(self.admin, &t);
+        }
     }
 
     /// Stop the node (TERM, KILL after 5 s) and start it again on the same config and data
@@ -474,7 +491,9 @@ level = "{level}"
             &self.log_path,
             self.netns.as_deref(),
         )?);
-        self.wait_ready(Duration::from_secs(30))
+        self.wait_ready(Duration::from_secs(30))?;
+        self.learn_admin_token();
+        Ok(())
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
@@ -1249,13 +1268,47 @@ pub fn recv_final(sock: &UdpSocket, wait: Duration) -> Option<String> {
     }
 }
 
-/// `GET path` over HTTP/1.1 (Connection: close); returns the status code and the body.
+/// The admin API tokens known to this test process, by admin address.
+static ADMIN_TOKENS: std::sync::Mutex<std::collections::BTreeMap<SocketAddr, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Makes [`http_get`] and `cluster::switchctl` send `token` to the admin API at `admin`
+/// (a joined member takes the token of the member it joined through).
+pub fn set_admin_token(admin: SocketAddr, token: &str) {
+    let mut map = ADMIN_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    map.insert(admin, token.to_string());
+}
+
+/// The token [`set_admin_token`] registered for the admin API at `admin`.
+pub fn admin_token_for(admin: SocketAddr) -> Option<String> {
+    let map = ADMIN_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&admin).cloned()
+}
+
+/// `GET path` over HTTP/1.1 (Connection: close), with the admin token known for `addr`;
+/// returns the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let auth = admin_token_for(addr)
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http_request(addr, "GET", path, &auth, "")
+}
+
+/// One HTTP/1.1 request (Connection: close) with extra header lines `headers` (each
+/// ending in CRLF) and a JSON `body`; returns the status code and the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;

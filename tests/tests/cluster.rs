@@ -6,13 +6,13 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tests::cluster::{
-    form_cluster, ok, register_from_gateway, registered, status, wait_ready, SWITCHCTL_LIMIT,
+    form_cluster, ok, register_from_gateway, registered, status, switchctl, wait_ready,
+    SWITCHCTL_LIMIT,
 };
 use tests::netns::Lab;
-use tests::{run_bounded, scenario, switchctl_bin, Ext, NodeOpts, Sipp, Value};
+use tests::{run_bounded, scenario, Ext, NodeOpts, Sipp, Value};
 
 #[test]
 fn three_members_form_with_switchctl_and_share_registrations() {
@@ -343,14 +343,10 @@ fn switchctl_transfers_leadership_to_a_named_follower() {
 
     // Asked on the other follower: the request goes to the leader, which hands over.
     let out = ok(
-        Command::new(switchctl_bin()).args([
-            "--admin",
-            &members[1].admin.to_string(),
-            "cluster",
-            "transfer-leader",
-            "--to",
-            &target.to_string(),
-        ]),
+        &mut switchctl(
+            members[1].admin,
+            &["cluster", "transfer-leader", "--to", &target.to_string()],
+        ),
         work.path(),
         "transfer",
     );
@@ -388,20 +384,20 @@ fn switchctl_transfers_leadership_to_a_named_follower() {
 
     // ... and a transfer to a node that is not a member fails (exit 1), naming the voters.
     let (st, out, err) = run_bounded(
-        Command::new(switchctl_bin()).args([
-            "--admin",
-            &members[0].admin.to_string(),
-            "cluster",
-            "transfer-leader",
-            "--to",
-            "9",
-        ]),
+        &mut switchctl(
+            members[0].admin,
+            &["cluster", "transfer-leader", "--to", "9"],
+        ),
         work.path(),
         "transfer-to-stranger",
         SWITCHCTL_LIMIT,
     )
     .expect("switchctl runs");
-    assert_eq!(st.and_then(|s| s.code()), Some(1), "{out}\n{err}");
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(4),
+        "refused (409): {out}\n{err}"
+    );
     assert!(
         err.contains("not a member") && err.contains("pick one of the voters"),
         "{err}"

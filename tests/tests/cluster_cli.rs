@@ -16,6 +16,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn switchctl(dir: &Path, tag: &str, admin: &str, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(switchctl_bin());
     cmd.arg("--admin").arg(admin).args(args);
+    if let Some(t) = admin.parse().ok().and_then(tests::admin_token_for) {
+        cmd.env("SWITCHCTL_TOKEN", t);
+    }
     let (st, out, err) = run_bounded(&mut cmd, dir, tag, LIMIT).unwrap();
     (st.and_then(|s| s.code()).unwrap_or(-1), out, err)
 }
@@ -127,6 +130,8 @@ fn status_token_and_offline_join() {
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("Joined as node 2"), "{out}");
+    // The tokens are replicated: the first member's works on the second too.
+    tests::set_admin_token(admin2, &node.admin_token().expect("admin token"));
     let _second = start_joined(tmp.path(), raft, admin2);
 
     // Both are voters, whichever node is asked.

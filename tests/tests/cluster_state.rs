@@ -99,7 +99,7 @@ fn extension_created_on_one_member_is_served_by_the_others() {
         "the first edit succeeds"
     );
     let (second, _, err) = set(2, "Carol B");
-    assert_eq!(second.and_then(|s| s.code()), Some(1), "{err}");
+    assert_eq!(second.and_then(|s| s.code()), Some(4), "a conflict: {err}");
     assert!(err.contains("409") && err.contains("version 2"), "{err}");
     eventually(
         Duration::from_secs(10),

@@ -1,7 +1,8 @@
-//! Reading a request's JSON body, bounded so a client cannot make the node buffer
-//! without limit.
+//! Reading a request's body, bounded so a client cannot make the node buffer without
+//! limit, and decoding it as JSON.
 
 use super::reply::{error, Reply};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::StatusCode;
@@ -10,10 +11,10 @@ use serde::de::DeserializeOwned;
 /// The largest body the admin API accepts; its requests are a few small fields.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Reads the body as `T`; an empty body gives `T::default()` so every field may be left
-/// out. The error is the reply to send (boxed: a response is large).
-pub async fn read_json<T: DeserializeOwned + Default>(body: Incoming) -> Result<T, Box<Reply>> {
-    let bytes = Limited::new(body, MAX_BODY)
+/// Reads the whole body (at most [`MAX_BODY`] bytes). The error is the reply to send
+/// (boxed: a response is large).
+pub async fn collect(body: Incoming) -> Result<Bytes, Box<Reply>> {
+    Ok(Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| {
@@ -24,11 +25,16 @@ pub async fn read_json<T: DeserializeOwned + Default>(body: Incoming) -> Result<
                 ),
             ))
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// Decodes the body as `T`; an empty body gives `T::default()` so every field may be
+/// left out.
+pub fn read_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Box<Reply>> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("the request body is not the expected JSON: {e}"),

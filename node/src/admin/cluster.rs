@@ -8,7 +8,7 @@ use super::AdminState;
 use crate::cluster::ReplicatedState;
 use consensus::join::QuicConsensus;
 use consensus::{AdminError, NodeId, Role, Status};
-use hyper::body::Incoming;
+
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -139,11 +139,51 @@ pub async fn status(state: Arc<AdminState>) -> Reply {
             "applied": own.applied,
             "snapshot": own.snapshot,
             "purged": own.purged,
+            "vip": vip_json(&state, &own),
+            "health": health(&own, view.as_ref()),
             "members": members,
             "leader_view": view.is_some(),
             "leader_view_error": view_error,
         }),
     )
+}
+
+/// The virtual IP(s) and their holder: the leader holding its lease (the only node
+/// that adds the address); `null` without `[vip]`.
+fn vip_json(state: &AdminState, own: &Status) -> Value {
+    if state.vip.is_empty() {
+        return Value::Null;
+    }
+    json!({ "addresses": state.vip, "holder": own.leader })
+}
+
+/// A member this far behind the leader's log makes the cluster `degraded`.
+const LAG_DEGRADED: u64 = 1000;
+
+/// `ok`: a leader, and every voter replicating within [`LAG_DEGRADED`] entries;
+/// `degraded`: a voter unreachable or far behind (one more loss may stop the cluster),
+/// or the leader's view unavailable; `unavailable`: no leader (no writes now).
+fn health(own: &Status, view: Option<&Status>) -> &'static str {
+    if own.leader.is_none() {
+        return "unavailable";
+    }
+    let Some(v) = view else {
+        return "degraded";
+    };
+    let last = v.last_log.unwrap_or(0);
+    let lagging = v.voters.iter().any(|id| {
+        let matched = if *id == v.id {
+            v.last_log
+        } else {
+            v.matched.get(id).copied().flatten()
+        };
+        matched.is_none_or(|m| last.saturating_sub(m) > LAG_DEGRADED)
+    });
+    if lagging {
+        "degraded"
+    } else {
+        "ok"
+    }
 }
 
 /// The body of `POST /v1/cluster/tokens`.
@@ -154,12 +194,12 @@ struct TokenRequest {
 }
 
 /// `POST /v1/cluster/tokens`: a one-time join token (every member holds the CA key).
-pub async fn issue_token(state: Arc<AdminState>, body: Incoming) -> Reply {
+pub async fn issue_token(state: Arc<AdminState>, body: &[u8]) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
         Err(r) => return *r,
     };
-    let req: TokenRequest = match read_json(body).await {
+    let req: TokenRequest = match read_json(body) {
         Ok(r) => r,
         Err(r) => return *r,
     };
@@ -230,12 +270,12 @@ struct TransferRequest {
 
 /// `POST /v1/cluster/transfer-leader`: hands leadership to `to` (or the most caught-up
 /// voter) and answers the new leader.
-pub async fn transfer_leader(state: Arc<AdminState>, body: Incoming) -> Reply {
+pub async fn transfer_leader(state: Arc<AdminState>, body: &[u8]) -> Reply {
     let member = match member(&state) {
         Ok(m) => m,
         Err(r) => return *r,
     };
-    let req: TransferRequest = match read_json(body).await {
+    let req: TransferRequest = match read_json(body) {
         Ok(r) => r,
         Err(r) => return *r,
     };

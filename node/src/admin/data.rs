@@ -41,6 +41,16 @@ fn store_failed(e: StoreError) -> Failed {
     ))
 }
 
+/// True for binding changes, which the SIP core mirrors in memory whatever they
+/// answered (configuration writes only when they were applied, see above).
+fn mirrored(cmd: &Command) -> bool {
+    match cmd {
+        Command::PutBinding { .. } | Command::RemoveBinding { .. } => true,
+        Command::Batch(inner) => inner.iter().any(mirrored),
+        _ => false,
+    }
+}
+
 impl Data {
     /// Reads this node's applied state with `f`.
     pub fn read<T>(
@@ -80,7 +90,7 @@ impl Data {
         match self {
             Data::Local { store, feed } => {
                 let outcome = store.apply(&cmd).map_err(store_failed)?;
-                if matches!(outcome, Outcome::Version(_)) {
+                if matches!(outcome, Outcome::Version(_)) || mirrored(&cmd) {
                     // The core is gone only while the node stops.
                     let _ = feed.send(Applied::Change(cmd));
                 }

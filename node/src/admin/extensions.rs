@@ -7,7 +7,7 @@ use super::data::Data;
 use super::reply::{error, field_error, json, Reply};
 use crate::routing::Extension;
 use crate::store::{self, Command, Expect, Outcome};
-use hyper::body::Incoming;
+
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -51,8 +51,8 @@ fn no_such(number: &str) -> Reply {
 }
 
 /// `POST /v1/extensions`: creates one; 409 if the number is taken.
-pub async fn create(data: &Data, body: Incoming) -> Reply {
-    let e: Extension = match read_json::<Option<Extension>>(body).await {
+pub async fn create(data: &Data, body: &[u8]) -> Reply {
+    let e: Extension = match read_json::<Option<Extension>>(body) {
         Ok(Some(e)) => e,
         Ok(None) => return field_error("number", "required (send the extension as JSON)"),
         Err(r) => return *r,
@@ -80,8 +80,8 @@ struct Change {
 }
 
 /// `PATCH /v1/extensions/{number}`: changes the given fields of the version named.
-pub async fn change(data: &Data, number: &str, body: Incoming) -> Reply {
-    let c: Change = match read_json(body).await {
+pub async fn change(data: &Data, number: &str, body: &[u8]) -> Reply {
+    let c: Change = match read_json(body) {
         Ok(c) => c,
         Err(r) => return *r,
     };

@@ -3,17 +3,26 @@
 //! `/metrics` (see [`prometheus`]) and the cluster operations (`/v1/cluster...`, see
 //! [`cluster`]).
 
+mod audit;
+mod auth;
 mod body;
+mod calls;
+mod cdrs;
 mod cluster;
 mod data;
 mod extensions;
 pub mod prometheus;
+mod query;
+mod registrations;
 mod reply;
+mod routes;
+mod tokens;
 
 pub use data::Data;
 
 use crate::cluster::ReplicatedState;
 use crate::metrics::Metrics;
+pub use auth::{hash as hash_token, new_token};
 use consensus::join::{Enroller, QuicConsensus};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW};
@@ -46,6 +55,10 @@ pub struct AdminState {
     pub data: Data,
     /// The media relay, for its counters; `None` without `[media] enabled`.
     pub relay: Option<Arc<media::backend::MediaRelay>>,
+    /// The SIP core, for what only it can do (hang a call up); `None` in tests.
+    pub core: Option<tokio::sync::mpsc::Sender<crate::core::AdminRequest>>,
+    /// The virtual IP(s) the cluster's leader holds (`[vip]`), for `/v1/cluster`.
+    pub vip: Vec<String>,
 }
 
 impl AdminState {
@@ -74,7 +87,7 @@ async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = match listener.accept().await {
+        let (stream, remote) = match listener.accept().await {
             Ok(v) => v,
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
@@ -87,7 +100,7 @@ async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(route(state, req, remote).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -112,7 +125,7 @@ fn not_allowed(method: &Method, path: &str, allowed: &'static str) -> Reply {
     r
 }
 
-async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Reply {
+async fn route(state: Arc<AdminState>, req: Request<Incoming>, remote: SocketAddr) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let get_only = |handler: fn(&AdminState) -> Reply| {
@@ -122,54 +135,54 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Reply {
             not_allowed(&method, &path, "GET")
         }
     };
+    // Public (no token, `auth::PUBLIC`): probes and scrapers.
     match path.as_str() {
         "/healthz" => return get_only(healthz),
         "/readyz" => return get_only(cluster::ready),
-        "/v1/counters" => return get_only(counters),
         "/metrics" => return get_only(prometheus::metrics),
-        "/v1/cluster" if method == Method::GET => return cluster::status(state).await,
-        "/v1/cluster" => return not_allowed(&method, &path, "GET"),
-        "/v1/cluster/tokens" if method == Method::POST => {
-            return cluster::issue_token(state, req.into_body()).await
-        }
-        "/v1/cluster/tokens" => return not_allowed(&method, &path, "POST"),
-        "/v1/cluster/transfer-leader" if method == Method::POST => {
-            return cluster::transfer_leader(state, req.into_body()).await
-        }
-        "/v1/cluster/transfer-leader" => return not_allowed(&method, &path, "POST"),
         _ => {}
     }
-    match path.as_str() {
-        "/v1/extensions" if method == Method::GET => return extensions::list(&state.data),
-        "/v1/extensions" if method == Method::POST => {
-            return extensions::create(&state.data, req.into_body()).await
-        }
-        "/v1/extensions" => return not_allowed(&method, &path, "GET, POST"),
-        "/v1/calls" if method == Method::GET => return calls(&state.data),
-        "/v1/calls" => return not_allowed(&method, &path, "GET"),
-        _ => {}
+    if auth::PUBLIC.contains(&path.as_str()) {
+        // Public, but not served by this build.
+        return error(StatusCode::NOT_FOUND, format!("no such resource: {path}"));
     }
-    if let Some(number) = path.strip_prefix("/v1/extensions/") {
-        let data = &state.data;
-        return match method {
-            Method::GET => extensions::get(data, number),
-            Method::PATCH => extensions::change(data, number, req.into_body()).await,
-            Method::DELETE => extensions::remove(data, number, req.uri().query()).await,
-            _ => not_allowed(&method, &path, "GET, PATCH, DELETE"),
+    let caller = match auth::authenticate(&state.data, req.headers()) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or(path.clone(), |p| p.as_str().to_owned());
+    let query = req.uri().query().map(str::to_owned);
+    let body = match body::collect(req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let needed = auth::needed(&method, &path);
+    let reply = if caller.role < needed {
+        auth::forbidden(&caller, needed)
+    } else {
+        let call = routes::Call {
+            caller: &caller,
+            method: &method,
+            path: &path,
+            query: query.as_deref(),
+            body: &body,
         };
+        routes::dispatch(&state, call).await
+    };
+    if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        let change = audit::Change {
+            caller: &caller,
+            method: &method,
+            target: &target,
+            remote,
+            body: &body,
+        };
+        audit::record(&state.data, change, reply.status()).await;
     }
-    if let Some(rest) = path.strip_prefix("/v1/cluster/members/") {
-        match rest.split_once('/') {
-            None if method == Method::DELETE => return cluster::remove(state, rest).await,
-            None => return not_allowed(&method, &path, "DELETE"),
-            Some((id, "remove")) if method == Method::POST => {
-                return cluster::remove(state, id).await
-            }
-            Some((_, "remove")) => return not_allowed(&method, &path, "POST"),
-            Some(_) => {}
-        }
-    }
-    error(StatusCode::NOT_FOUND, format!("no such resource: {path}"))
+    reply
 }
 
 /// The process is up and serving (readiness comes with the cluster state).
@@ -185,32 +198,46 @@ fn healthz(state: &AdminState) -> Reply {
     )
 }
 
-/// `GET /v1/calls`: the calls in progress (cluster-wide in a cluster), oldest first.
-fn calls(data: &Data) -> Reply {
-    match data.read(crate::store::calls) {
-        Ok(mut all) => {
-            all.sort_by(|a, b| a.start.cmp(&b.start));
-            json(StatusCode::OK, serde_json::json!({ "calls": all }))
-        }
-        Err(r) => *r,
-    }
-}
-
-/// The node's counters by name.
-fn counters(state: &AdminState) -> Reply {
-    let map: serde_json::Map<String, serde_json::Value> = state
-        .metrics
-        .snapshot()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.into()))
-        .collect();
-    json(StatusCode::OK, serde_json::Value::Object(map))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A standalone node's admin API with an admin token; answers (address, token,
+    /// the SIP core's feed).
+    async fn serve_local(
+        metrics: Arc<Metrics>,
+    ) -> (
+        SocketAddr,
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<crate::cluster::Applied>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let (token, hash) = new_token();
+        store
+            .apply(&crate::store::Command::PutApiToken {
+                name: "admin".into(),
+                role: crate::store::Role::Admin,
+                hash,
+                created: "2026-01-01T00:00:00.000Z".into(),
+            })
+            .unwrap();
+        let (feed, applied) = tokio::sync::mpsc::unbounded_channel();
+        let state = Arc::new(AdminState {
+            node_id: 7,
+            metrics,
+            started: Instant::now(),
+            enroller: None,
+            relay: None,
+            data: Data::Local { store, feed },
+            core: None,
+            vip: Vec::new(),
+        });
+        let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
+        (addr, token, applied, dir)
+    }
 
     async fn get(addr: SocketAddr, request: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -227,20 +254,7 @@ mod tests {
     async fn health_counters_and_errors() {
         let metrics = Arc::new(Metrics::default());
         metrics.inc(&metrics.registrations_ok);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
-        let state = Arc::new(AdminState {
-            node_id: 7,
-            metrics,
-            started: Instant::now(),
-            enroller: None,
-            relay: None,
-            data: Data::Local {
-                store,
-                feed: tokio::sync::mpsc::unbounded_channel().0,
-            },
-        });
-        let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
+        let (addr, token, _applied, _dir) = serve_local(metrics).await;
 
         let r = get(
             addr,
@@ -259,11 +273,29 @@ mod tests {
             "GET /v1/counters HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         .await;
+        assert!(
+            r.starts_with("HTTP/1.1 401") && r.to_lowercase().contains("www-authenticate: bearer"),
+            "a token is required: {r}"
+        );
+        let r = get(
+            addr,
+            "GET /v1/counters HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 401") && r.contains("unknown"),
+            "{r}"
+        );
+        let r = get(
+            addr,
+            &format!("GET /v1/counters HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
         assert!(r.contains("\"registrations_ok\":1"), "{r}");
 
         let r = get(
             addr,
-            "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            &format!("GET /nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
         )
         .await;
         assert!(
@@ -285,29 +317,18 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     }
 
-    fn request(method: &str, path: &str, body: &str) -> String {
+    fn request(token: &str, method: &str, path: &str, body: &str) -> String {
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
     }
 
     #[tokio::test]
     async fn extensions_round_trip_with_versions_and_named_fields() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
-        let (feed, mut applied) = tokio::sync::mpsc::unbounded_channel();
-        let state = Arc::new(AdminState {
-            node_id: 1,
-            metrics: Arc::default(),
-            started: Instant::now(),
-            enroller: None,
-            relay: None,
-            data: Data::Local { store, feed },
-        });
-        let addr = start("127.0.0.1:0".parse().unwrap(), state).await.unwrap();
+        let (addr, token, mut applied, _dir) = serve_local(Arc::default()).await;
         let call = |m: &str, p: &str, b: &str| {
-            let req = request(m, p, b);
+            let req = request(&token, m, p, b);
             async move { get(addr, &req).await }
         };
 
@@ -408,6 +429,173 @@ mod tests {
         let r = call("GET", "/v1/calls", "").await;
         assert!(
             r.starts_with("HTTP/1.1 200") && r.contains("\"calls\":[]"),
+            "{r}"
+        );
+    }
+
+    /// The JSON body of an answer.
+    fn body(r: &str) -> serde_json::Value {
+        let b = r.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(b).unwrap_or(serde_json::Value::Null)
+    }
+
+    #[tokio::test]
+    async fn tokens_roles_and_audit() {
+        let (addr, admin, _applied, _dir) = serve_local(Arc::default()).await;
+        let call = |t: &str, m: &str, p: &str, b: &str| {
+            let req = request(t, m, p, b);
+            async move { get(addr, &req).await }
+        };
+        let r = call(
+            &admin,
+            "POST",
+            "/v1/tokens",
+            r#"{"name":"viewer","role":"read-only"}"#,
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+        let viewer = body(&r)["token"].as_str().unwrap().to_string();
+        let r = call(
+            &admin,
+            "POST",
+            "/v1/tokens",
+            r#"{"name":"ops","role":"operator"}"#,
+        )
+        .await;
+        let ops = body(&r)["token"].as_str().unwrap().to_string();
+        let r = call(
+            &admin,
+            "POST",
+            "/v1/tokens",
+            r#"{"name":"ops","role":"operator"}"#,
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+        let r = call(
+            &admin,
+            "POST",
+            "/v1/tokens",
+            r#"{"name":"x","role":"boss"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("\"field\":\"role\""),
+            "{r}"
+        );
+        let r = call(
+            &admin,
+            "POST",
+            "/v1/tokens",
+            r#"{"name":"a b","role":"admin"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("\"field\":\"name\""),
+            "{r}"
+        );
+        let r = call(&admin, "POST", "/v1/tokens", r#"{"name":"#).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+        // read-only reads, and is refused changes and admin resources.
+        let r = call(&viewer, "GET", "/v1/extensions", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let r = call(
+            &viewer,
+            "POST",
+            "/v1/extensions",
+            r#"{"number":"4001","password":"pw4001"}"#,
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("operator"),
+            "{r}"
+        );
+        let r = call(&viewer, "GET", "/v1/tokens", "").await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+        // operator edits extensions but manages neither tokens nor the cluster.
+        let r = call(
+            &ops,
+            "POST",
+            "/v1/extensions",
+            r#"{"number":"4001","password":"pw4001"}"#,
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+        let r = call(
+            &ops,
+            "POST",
+            "/v1/tokens",
+            r#"{"name":"mine","role":"admin"}"#,
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+        let r = call(&ops, "POST", "/v1/cluster/tokens", "").await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+        let r = call(&ops, "GET", "/v1/audit", "").await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+
+        let r = call(&admin, "GET", "/v1/tokens?limit=2", "").await;
+        let v = body(&r);
+        assert_eq!(v["total"], 3, "{r}");
+        assert_eq!(v["tokens"].as_array().map(Vec::len), Some(2), "{r}");
+        assert!(
+            !r.contains(&viewer) && !r.contains("hash"),
+            "never the token or its hash: {r}"
+        );
+        let r = call(&admin, "GET", "/v1/tokens?limit=0", "").await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("\"field\":\"limit\""),
+            "{r}"
+        );
+
+        // Every change is audited, refused ones too, secrets masked.
+        let r = call(&admin, "GET", "/v1/audit", "").await;
+        let entries = body(&r)["entries"].as_array().cloned().unwrap_or_default();
+        let seen: Vec<(String, String, u64)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e["token"].as_str().unwrap_or("").to_string(),
+                    e["path"].as_str().unwrap_or("").to_string(),
+                    e["status"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert!(
+            seen.contains(&("viewer".into(), "/v1/extensions".into(), 403)),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&("ops".into(), "/v1/extensions".into(), 201)),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&("admin".into(), "/v1/tokens".into(), 409)),
+            "{seen:?}"
+        );
+        assert!(!r.contains("pw4001"), "passwords are masked: {r}");
+        assert!(entries.iter().all(|e| e["remote"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1"))));
+        let last = entries.last().unwrap()["id"].as_u64().unwrap();
+        let r = call(&admin, "GET", &format!("/v1/audit?since={last}"), "").await;
+        assert_eq!(body(&r)["entries"].as_array().map(Vec::len), Some(1), "{r}");
+        let r = call(&admin, "GET", "/v1/audit?since=yesterday", "").await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("\"field\":\"since\""),
+            "{r}"
+        );
+
+        // Revoked: refused at once; the last admin token stays.
+        let r = call(&admin, "DELETE", "/v1/tokens/viewer", "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let r = call(&viewer, "GET", "/v1/extensions", "").await;
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        let r = call(&admin, "DELETE", "/v1/tokens/viewer", "").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = call(&admin, "DELETE", "/v1/tokens/admin", "").await;
+        assert!(
+            r.starts_with("HTTP/1.1 409") && r.contains("last admin"),
             "{r}"
         );
     }

@@ -1067,6 +1067,35 @@ impl Calls {
         }
     }
 
+    /// Ends the call whose caller's leg has Call-ID `call_id` on an operator's word: an
+    /// answered call gets a BYE on both legs, a ringing one is cancelled toward the
+    /// callee and refused to the caller (480); the CDR says `admin_hangup`. False if
+    /// this node has no such live call.
+    pub fn hang_up(&mut self, ctx: &mut SipCtx<'_>, call_id: &str) -> bool {
+        let Some((id, phase)) = self
+            .calls
+            .iter()
+            .find(|(_, c)| c.a_call_id == call_id && c.phase != Phase::Ended)
+            .map(|(id, c)| (*id, c.phase))
+        else {
+            return false;
+        };
+        tracing::info!(call_id, ?phase, "call hung up through the admin API");
+        if phase == Phase::Answered {
+            self.hang_up_both(ctx, id);
+            self.finish(ctx, id, Disposition::Answered, "admin_hangup", 200, None);
+        } else {
+            self.fail_call(
+                ctx,
+                id,
+                480,
+                "Temporarily Unavailable",
+                Some("admin_hangup"),
+            );
+        }
+        true
+    }
+
     fn hang_up_both(&mut self, ctx: &mut SipCtx<'_>, id: u64) {
         for side in [Side::A, Side::B] {
             let Some(call) = self.calls.get_mut(&id) else {

@@ -3,12 +3,15 @@
 //! Every change goes through [`Store::apply`], so the consensus issue can replicate the
 //! same commands through Raft and apply them here on every member.
 
+mod access;
 mod versions;
 
 use crate::calls::cdr::Cdr;
 use crate::calls::record::CallRecord;
 use crate::registrar::bindings::Binding;
 use crate::routing::Extension;
+pub use access::{audit, token_by_hash, tokens, ApiToken, AuditEntry, Role, AUDIT_KEPT};
+use access::{CF_AUDIT, CF_TOKENS};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,13 +24,15 @@ const CF_BINDINGS: &str = "bindings";
 const CF_CDRS: &str = "cdrs";
 const CF_CALLS: &str = "calls";
 /// The column families of the node's state.
-pub const CFS: [&str; 6] = [
+pub const CFS: [&str; 8] = [
     CF_META,
     CF_EXTENSIONS,
     CF_BINDINGS,
     CF_CDRS,
     CF_CALLS,
     CF_VERSIONS,
+    CF_TOKENS,
+    CF_AUDIT,
 ];
 const KEY_SEEDED: &[u8] = b"seeded";
 const KEY_NEXT_CDR: &[u8] = b"next_cdr";
@@ -76,6 +81,24 @@ pub enum Command {
     },
     /// Record that the PBX seed was loaded, so it is never loaded twice.
     MarkSeeded,
+    /// Create an admin API token (refused, [`Outcome::Conflict`], if the name is taken).
+    PutApiToken {
+        /// Unique name.
+        name: String,
+        /// What it may do.
+        role: Role,
+        /// SHA-256 of the token, lowercase hex: the token itself is never stored.
+        hash: String,
+        /// When it was created (RFC 3339, UTC).
+        created: String,
+    },
+    /// Revoke an admin API token ([`Outcome::Conflict`] if there is none by that name).
+    RemoveApiToken {
+        /// Its name.
+        name: String,
+    },
+    /// Record a change made through the admin API.
+    AppendAudit(Box<AuditEntry>),
     /// Several commands applied atomically: one replicated log entry for the binding
     /// changes of many REGISTERs.
     Batch(Vec<Command>),
@@ -291,6 +314,7 @@ pub fn stage(
     let mut st = Staging {
         versions: Versions::default(),
         mirror,
+        next_audit: None,
     };
     let outcome = stage_each(db, batch, cmds, next_cdr, &mut st)?;
     if *next_cdr != cdrs_before {
@@ -306,6 +330,8 @@ pub fn stage(
 struct Staging<'a> {
     versions: Versions,
     mirror: Option<&'a mut Vec<Command>>,
+    /// The next audit number once an earlier command of the write numbered one.
+    next_audit: Option<u64>,
 }
 
 fn stage_each(
@@ -372,6 +398,36 @@ fn stage_each(
             }
             Command::EndCall { call_id } => batch.delete_cf(cf(CF_CALLS)?, call_id),
             Command::MarkSeeded => batch.put_cf(cf(CF_META)?, KEY_SEEDED, b"1"),
+            Command::PutApiToken {
+                name,
+                role,
+                hash,
+                created,
+            } => {
+                let token = ApiToken {
+                    name: name.clone(),
+                    role: *role,
+                    hash: hash.clone(),
+                    created: created.clone(),
+                };
+                if !access::put_token(db, batch, &token)? {
+                    outcome = Outcome::Conflict {
+                        exists: true,
+                        version: 0,
+                    };
+                }
+            }
+            Command::RemoveApiToken { name } => {
+                if !access::remove_token(db, batch, name)? {
+                    outcome = Outcome::Conflict {
+                        exists: false,
+                        version: 0,
+                    };
+                }
+            }
+            Command::AppendAudit(entry) => {
+                access::append_audit(db, batch, entry, &mut st.next_audit)?
+            }
             Command::Batch(inner) => {
                 outcome = stage_each(db, batch, inner, next_cdr, st)?;
             }

@@ -39,6 +39,8 @@ fn standalone(metrics: Arc<Metrics>) -> (AdminState, tempfile::TempDir) {
             store,
             feed: tokio::sync::mpsc::unbounded_channel().0,
         },
+        core: None,
+        vip: Vec::new(),
     };
     (state, dir)
 }
