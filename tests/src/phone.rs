@@ -143,3 +143,36 @@ pub fn receive(sock: &UdpSocket, n: usize) -> Vec<(Vec<u8>, SocketAddr)> {
     }
     got
 }
+
+/// An INVITE from `from` (this phone's user) to `to@server`, with a fresh branch, tag
+/// and Call-ID (prefixed `call`), and `sdp` as its offer.
+pub fn invite(
+    phone: &Phone,
+    from: &str,
+    to: &str,
+    server: SocketAddr,
+    call: &str,
+    sdp: &str,
+) -> String {
+    let head = format!(
+        "INVITE sip:{to}@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{from}@{server}>;tag={tag}\r\nTo: <sip:{to}@{server}>\r\n\
+         Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:{from}@{me}>\r\n",
+        me = phone.sip_addr(),
+        br = crate::token("inv"),
+        tag = crate::token("a"),
+        cid = crate::token(call),
+    );
+    with_body(head, sdp)
+}
+
+/// The callee answers 200 to the next BYE it gets (whose To already carries `tag`).
+pub fn answer_bye(callee: &Phone, tag: &str) {
+    let (bye, from) = callee.expect(Duration::from_secs(5), "BYE at the callee", |m| {
+        m.starts_with("BYE ")
+    });
+    let ok = answer(&bye, 200, "OK", tag, callee.sip_addr(), "");
+    // The To of a BYE from us already has the callee's tag: answer with it as is.
+    let ok = ok.replacen(&format!(";tag={tag}"), "", 1);
+    callee.send(from, &ok);
+}

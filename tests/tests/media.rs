@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-use tests::phone::{answer, media_of, receive, rtp, sdp, with_body, Phone};
+use tests::phone::{answer, answer_bye, invite, media_of, receive, rtp, sdp, with_body, Phone};
 use tests::{free_port, header, scenario, status_code, token, Ext, Node, NodeOpts, Sipp, Value};
 
 const CALLER: &str = "1001";
@@ -51,17 +51,7 @@ fn answered_call(caller_ip: &str, extra_toml: &str) -> Call {
     let caller = Phone::bind(0);
 
     let offer = sdp(caller_ip, caller.rtp_port());
-    let head = format!(
-        "INVITE sip:{CALLEE}@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:{CALLER}@{node}>;tag={tag}\r\nTo: <sip:{CALLEE}@{node}>\r\n\
-         Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:{CALLER}@{me}>\r\n",
-        node = node.addr,
-        me = caller.sip_addr(),
-        br = token("inv"),
-        tag = token("a"),
-        cid = token("media"),
-    );
-    let invite = with_body(head, &offer);
+    let invite = invite(&caller, CALLER, CALLEE, node.addr, "media", &offer);
     caller.send(node.addr, &invite);
 
     let (b_invite, from) = callee.expect(Duration::from_secs(5), "INVITE at the callee", |m| {
@@ -155,22 +145,7 @@ impl Call {
     fn caller_hangs_up_with(&self, cseq: u32) {
         let bye = self.caller_request("BYE", cseq, "");
         self.caller.send(self.node.addr, &bye);
-        let (b_bye, from) = self
-            .callee
-            .expect(Duration::from_secs(5), "BYE at the callee", |m| {
-                m.starts_with("BYE ")
-            });
-        let ok = answer(
-            &b_bye,
-            200,
-            "OK",
-            &self.callee_tag,
-            self.callee.sip_addr(),
-            "",
-        );
-        // The To of a BYE from us already has the callee's tag: answer with it as is.
-        let ok = ok.replacen(&format!(";tag={}", self.callee_tag), "", 1);
-        self.callee.send(from, &ok);
+        answer_bye(&self.callee, &self.callee_tag);
         self.caller
             .expect(Duration::from_secs(5), "200 to the BYE", |m| {
                 status_code(m) == Some(200) && m.contains("BYE")

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::cluster::{form_cluster, ok, status, switchctl};
 use tests::netns::Lab;
-use tests::phone::{answer, media_of, rtp, sdp, with_body, Phone};
+use tests::phone::{answer, answer_bye, invite, media_of, rtp, sdp, with_body, Phone};
 use tests::{header, run_bounded, scenario, status_code, token, Ext, Node, NodeOpts, Sipp};
 
 /// The lab host the phones live on.
@@ -182,17 +182,14 @@ impl Call {
         let callee = c.phone(callee_port);
         let caller = c.phone(0);
         let client_ip = c.lab.ip(CLIENT).to_string();
-        let head = format!(
-            "INVITE sip:{CALLEE}@{vip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{CALLER}@{vip}>;tag={tag}\r\nTo: <sip:{CALLEE}@{vip}>\r\n\
-             Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:{CALLER}@{me}>\r\n",
-            vip = c.vip,
-            me = caller.sip_addr(),
-            br = token("inv"),
-            tag = token("a"),
-            cid = token("vipcall"),
+        let invite = invite(
+            &caller,
+            CALLER,
+            CALLEE,
+            c.vip,
+            "vipcall",
+            &sdp(&client_ip, caller.rtp_port()),
         );
-        let invite = with_body(head, &sdp(&client_ip, caller.rtp_port()));
         let started = Instant::now();
         caller.send(c.vip, &invite);
         let (b_invite, from) = callee.expect(Duration::from_secs(5), "INVITE at the callee", |m| {
@@ -297,21 +294,7 @@ impl Call {
     /// The caller hangs up; the callee answers the relayed BYE; the caller gets 200.
     fn hang_up(&self) {
         self.caller.send(self.vip, &self.caller_request("BYE", 2));
-        let (b_bye, from) = self
-            .callee
-            .expect(Duration::from_secs(5), "BYE at the callee", |m| {
-                m.starts_with("BYE ")
-            });
-        let ok = answer(
-            &b_bye,
-            200,
-            "OK",
-            &self.callee_tag,
-            self.callee.sip_addr(),
-            "",
-        );
-        let ok = ok.replacen(&format!(";tag={}", self.callee_tag), "", 1);
-        self.callee.send(from, &ok);
+        answer_bye(&self.callee, &self.callee_tag);
         self.caller
             .expect(Duration::from_secs(5), "200 to the BYE", |m| {
                 status_code(m) == Some(200) && m.contains("BYE")
@@ -470,35 +453,19 @@ fn registrations_survive_kill_9_of_the_vip_holder() {
     for (number, port) in phones {
         let callee = c.phone(port);
         let caller = c.phone(0);
-        let head = format!(
-            "INVITE sip:{number}@{vip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{br};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{CALLER}@{vip}>;tag={tag}\r\nTo: <sip:{number}@{vip}>\r\n\
-             Call-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:{CALLER}@{me}>\r\n",
-            vip = c.vip,
-            me = caller.sip_addr(),
-            br = token("inv"),
-            tag = token("a"),
-            cid = token("after"),
-        );
+        let offer = sdp(&c.lab.ip(CLIENT).to_string(), caller.rtp_port());
         caller.send(
             c.vip,
-            &with_body(head, &sdp(&c.lab.ip(CLIENT).to_string(), caller.rtp_port())),
+            &invite(&caller, CALLER, number, c.vip, "after", &offer),
         );
-        let (invite, from) = callee.expect(
+        let (got, from) = callee.expect(
             Duration::from_secs(5),
             "INVITE at the registered phone",
             |m| m.starts_with("INVITE ") && m.contains(&format!("sip:{CALLER}@")),
         );
         callee.send(
             from,
-            &answer(
-                &invite,
-                486,
-                "Busy Here",
-                &token("b"),
-                callee.sip_addr(),
-                "",
-            ),
+            &answer(&got, 486, "Busy Here", &token("b"), callee.sip_addr(), ""),
         );
         caller.expect(Duration::from_secs(5), "486 at the caller", |m| {
             status_code(m) == Some(486)

@@ -4,7 +4,7 @@
 
 use super::data::Data;
 use super::query::{paged, Query};
-use super::reply::{error, field_error, json, Reply};
+use super::reply::{error, json, Reply};
 use super::AdminState;
 use crate::core::AdminRequest;
 use hyper::StatusCode;
@@ -18,17 +18,10 @@ const CORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// caller or the callee.
 pub fn list(data: &Data, query: Option<&str>) -> Reply {
     let q = Query::parse(query);
-    let page = match q
-        .only(&["extension", "limit", "offset"])
-        .and_then(|_| q.page())
-    {
-        Ok(p) => p,
+    let (page, extension) = match q.extension_page() {
+        Ok(v) => v,
         Err(r) => return *r,
     };
-    let extension = q.get("extension");
-    if extension.is_some_and(|e| !e.bytes().all(|b| b.is_ascii_digit())) {
-        return field_error("extension", "must be an extension number (digits)");
-    }
     match data.read(crate::store::calls) {
         Ok(mut all) => {
             all.retain(|c| extension.is_none_or(|e| c.caller == e || c.callee == e));

@@ -66,6 +66,21 @@ impl Query {
             offset: usize::try_from(offset).unwrap_or(usize::MAX),
         })
     }
+
+    /// The query of a list filtered by extension: only `extension`, `limit` and
+    /// `offset`, the page, and the extension (digits) if given.
+    pub fn extension_page(&self) -> Result<(Page, Option<&str>), Box<Reply>> {
+        self.only(&["extension", "limit", "offset"])?;
+        let page = self.page()?;
+        let extension = self.get("extension");
+        if extension.is_some_and(|e| !e.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(Box::new(field_error(
+                "extension",
+                "must be an extension number (digits)",
+            )));
+        }
+        Ok((page, extension))
+    }
 }
 
 /// Which slice of a list to answer.

@@ -4,7 +4,7 @@
 
 use super::data::Data;
 use super::query::{paged, Query};
-use super::reply::{error, field_error, json, Reply};
+use super::reply::{error, json, Reply};
 use crate::store::{self, Command};
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -19,17 +19,10 @@ fn unix_now() -> u64 {
 /// `GET /v1/registrations?extension=&limit=&offset=`: live contacts by extension.
 pub fn list(data: &Data, query: Option<&str>) -> Reply {
     let q = Query::parse(query);
-    let page = match q
-        .only(&["extension", "limit", "offset"])
-        .and_then(|_| q.page())
-    {
-        Ok(p) => p,
+    let (page, extension) = match q.extension_page() {
+        Ok(v) => v,
         Err(r) => return *r,
     };
-    let extension = q.get("extension");
-    if extension.is_some_and(|e| !e.bytes().all(|b| b.is_ascii_digit())) {
-        return field_error("extension", "must be an extension number (digits)");
-    }
     let all = match data.read(store::bindings) {
         Ok(all) => all,
         Err(r) => return *r,
