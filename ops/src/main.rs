@@ -80,6 +80,12 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Prints a shell completion script: `switchctl completions bash >
+    /// /etc/bash_completion.d/switchctl` (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Changes made through the admin API, oldest first (admin role).
     Audit {
         /// From this time (RFC 3339) or entry id on.
@@ -414,8 +420,18 @@ fn run_token(admin: &Target, output: Output, action: TokenAction) -> anyhow::Res
     })
 }
 
+/// Writes the completion script of `shell` for every subcommand and flag.
+fn print_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "switchctl", out);
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        print_completions(shell, &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     let file = match config::load(cli.config.as_deref()) {
         Ok(f) => f,
         Err(e) => {
@@ -494,12 +510,31 @@ fn main() -> std::process::ExitCode {
         Command::Audit { since, limit } => online(&target, |admin| async move {
             access::audit(&admin, since.as_deref(), limit, cli.output).await
         }),
+        // Answered before the configuration is read.
+        Command::Completions { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchctl: {e:#}");
             std::process::ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_scripts_name_the_subcommands() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh] {
+            let mut out = Vec::new();
+            print_completions(shell, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for word in ["switchctl", "transfer-leader", "registrations", "--output"] {
+                assert!(text.contains(word), "{shell}: {word} missing");
+            }
         }
     }
 }
