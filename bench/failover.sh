@@ -73,9 +73,6 @@ SETTLE_S="${SETTLE_S:-0}"
 SYSTEMS="${SYSTEMS:-keepalived softswitch}"
 BUDGET_S="${BUDGET_S:-900}"
 P="${NS_PREFIX:-vipb$$}"
-# For nodes without [vip] support (harness development only): no [vip] section, the script
-# itself moves the address to the leader it polls for. Measures the harness, not the product.
-DEV_SCRIPT_VIP="${DEV_SCRIPT_VIP:-0}"
 
 REPO_DIR="$(cd "$BASE_DIR/.." && pwd)"
 SOFTSWITCH_BIN="${SOFTSWITCH_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/softswitch}"
@@ -309,10 +306,8 @@ bootstrap = $2
 [log]
 level = "warn,node::cluster::vip=info"
 EOF
-    if [[ "$DEV_SCRIPT_VIP" != 1 ]]; then
-        printf '\n[vip]\naddress = "%s"\ninterface = "eth0"\nannounce_count = 5\nannounce_interval_ms = 200\n' \
-            "$VIP/$PREFIX_LEN" >>"$dir/node.toml"
-    fi
+    printf '\n[vip]\naddress = "%s"\ninterface = "eth0"\nannounce_count = 5\nannounce_interval_ms = 200\n' \
+        "$VIP/$PREFIX_LEN" >>"$dir/node.toml"
     [[ -n "${3:-}" ]] && printf '\n[pbx]\nseed = "%s"\n' "$3" >>"$dir/node.toml"
     return 0
 }
@@ -374,21 +369,6 @@ vip_answers() { # true when OPTIONS to the VIP get 200s from the client namespac
         --interval-ms 20 --until-ready --max-s "${1:-1}" >/dev/null 2>&1
 }
 
-dev_move_vip() { # DEV_SCRIPT_VIP=1: the address to the leader, off the others (bounded: 15 s)
-    local j lead term voters i
-    for j in $(seq 75); do
-        read -r lead term voters <<<"$(cluster_state)"
-        if (( lead >= 0 )) && link_up "${NODE_NS[$lead]}"; then
-            for i in 0 1 2; do (( i != lead )) && ip -n "${NODE_NS[$i]}" addr del "$VIP/$PREFIX_LEN" dev eth0 2>/dev/null; done
-            has_addr "${NODE_NS[$lead]}" "$VIP" || ip -n "${NODE_NS[$lead]}" addr add "$VIP/$PREFIX_LEN" dev eth0
-            ip -n "$NS_CL" neigh flush "$VIP" 2>/dev/null
-            return 0
-        fi
-        sleep 0.2
-    done
-    return 1
-}
-
 # wait_healthy TIMEOUT_S -> sets LEADER (index), TERM and HEALTHY_AT (epoch s); true once
 # three voters, a leader that holds the VIP (and no one else does) and OPTIONS to the VIP
 # answered
@@ -397,7 +377,6 @@ wait_healthy() {
     local deadline=$(( $(date +%s) + $1 )) st lead term voters i others
     while (( $(date +%s) < deadline )); do
         read -r lead term voters <<<"$(cluster_state)"
-        [[ "$DEV_SCRIPT_VIP" == 1 ]] && (( lead >= 0 )) && ! has_addr "${NODE_NS[$lead]}" "$VIP" && dev_move_vip
         if (( lead >= 0 && voters == 3 )) && has_addr "${NODE_NS[$lead]}" "$VIP"; then
             others=0
             for i in 0 1 2; do (( i != lead )) && has_addr "${NODE_NS[$i]}" "$VIP" && others=1; done
@@ -485,7 +464,6 @@ ss_trial() { # T
     kill -KILL "$pid"
     ip -n "${NODE_NS[$victim]}" link set eth0 down
     echo "$t_kill" >"$dir/killed.tmp" && mv "$dir/killed.tmp" "$dir/killed"
-    [[ "$DEV_SCRIPT_VIP" == 1 ]] && { sleep 0.3; dev_move_vip; }
     wait "$probe_pid" 2>/dev/null
     out="$(grep '^failover_ms=' "$dir/probe.out")"
     ms="$(sed -n 's/^failover_ms=\([0-9]*\).*/\1/p' <<<"$out")"
@@ -566,7 +544,6 @@ if [[ " $SYSTEMS " == *" softswitch "* ]]; then
     echo "#   load: $CALLS calls with RTP both ways (50 pps) through the relay on the VIP, SIPp REGISTER with digest at ${REG_RATE}/s (new users each trial);"
     (( SETTLE_S > 0 )) && echo "#   SETTLE_S=$SETTLE_S: each trial starts that long after the previous restore"
     echo "#   audio gap = longest time without RTP in a direction, from 0.5 s before the crash to the hang-up ${AFTER_S} s after it; kept = audio resumed both ways"
-    [[ "$DEV_SCRIPT_VIP" == 1 ]] && echo "# DEV_SCRIPT_VIP=1: nodes without [vip], the script moved the address: these are not the product's figures"
 fi
 echo "# gap_ms = last answer before the crash -> first after"
 cat "$RES"

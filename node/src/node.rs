@@ -654,17 +654,14 @@ fn prepare_vip(
             let Some(m) = state.upgrade() else {
                 return Vec::new();
             };
-            match m.read(store::calls) {
-                Ok(Ok(calls)) => calls,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot read the replicated calls");
-                    Vec::new()
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the replicated calls");
-                    Vec::new()
-                }
-            }
+            let read = m
+                .read(store::calls)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            read.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the replicated calls");
+                Vec::new()
+            })
         }),
         metrics: metrics.clone(),
         on_switchover: {

@@ -54,6 +54,8 @@ pub type OnSwitchover = Box<dyn Fn(Switchover) + Send + Sync>;
 /// The address(es) and how to announce them.
 pub struct Vip {
     addrs: Vec<Cidr>,
+    /// The addresses as logs and announcements name them.
+    label: String,
     ifindex: u32,
     announcer: Arc<Announcer>,
     count: u32,
@@ -64,8 +66,15 @@ impl Vip {
     /// Looks up the configured interface; fails when it does not exist.
     pub fn new(cfg: &VipSection) -> std::io::Result<Vip> {
         let ifindex = netlink::ifindex(&cfg.interface)?;
+        let addrs: Vec<Cidr> = cfg.address.into_iter().chain(cfg.address6).collect();
+        let label = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(Vip {
-            addrs: cfg.address.into_iter().chain(cfg.address6).collect(),
+            addrs,
+            label,
             ifindex,
             announcer: Arc::new(Announcer::new(&cfg.interface, ifindex)?),
             count: cfg.announce_count,
@@ -106,14 +115,6 @@ impl Vip {
                 }
             }
         })
-    }
-
-    fn describe(&self) -> String {
-        self.addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 
@@ -222,14 +223,14 @@ impl Controller {
         };
         self.gate.store(true, Ordering::SeqCst);
         if let Err(e) = self.vip.add() {
-            tracing::error!(error = %e, vip = %self.vip.describe(), "cannot add the VIP address");
+            tracing::error!(error = %e, vip = %self.vip.label, "cannot add the VIP address");
         }
         let announcing = self.vip.announce();
         let _ = self.core.send(VipEvent::Holding { node, term });
         self.metrics.inc(&self.metrics.vip_acquired);
         self.metrics.vip_held.store(1, Ordering::Relaxed);
         tracing::info!(
-            vip = %self.vip.describe(),
+            vip = %self.vip.label,
             term,
             calls_taken_over = count,
             ms = started.elapsed().as_millis() as u64,
@@ -237,7 +238,7 @@ impl Controller {
         );
         (self.on_switchover)(Switchover::now(
             node,
-            &self.vip.describe(),
+            &self.vip.label,
             SwitchoverKind::Acquired,
             "leader holding its lease",
             term,
@@ -261,10 +262,10 @@ impl Controller {
         let _ = self.core.send(VipEvent::Released);
         self.metrics.inc(&self.metrics.vip_released);
         self.metrics.vip_held.store(0, Ordering::Relaxed);
-        tracing::warn!(vip = %self.vip.describe(), term, reason, "VIP released");
+        tracing::warn!(vip = %self.vip.label, term, reason, "VIP released");
         (self.on_switchover)(Switchover::now(
             node,
-            &self.vip.describe(),
+            &self.vip.label,
             SwitchoverKind::Released,
             reason,
             term,
