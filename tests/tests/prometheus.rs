@@ -3,14 +3,20 @@
 //! one member, Prometheus' query API finds exactly one leader (the one `switchctl
 //! cluster status` names), the registered contacts on every member, and the REGISTER
 //! counter risen. A scraped `/metrics` body also passes `promtool check metrics`.
+//!
+//! A second cluster carries SIPp calls through one member: Prometheus then finds, on
+//! that member and on no other, the call counters (attempts, answers, ends, setup times)
+//! risen by exactly the calls made and the INVITE/ACK/BYE requests and their responses
+//! by at least what the calls carried; the active calls and relay sessions seen during
+//! the calls; and both gauges back at 0 after.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tests::cluster::{form_cluster, register_from_gateway, status};
 use tests::netns::Lab;
-use tests::{free_port, http_get, run_bounded, stop_child, NodeOpts, Value};
+use tests::{free_port, http_get, run_bounded, scenario, stop_child, Node, NodeOpts, Sipp, Value};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -215,4 +221,262 @@ fn prometheus_scrapes_a_cluster_and_finds_its_leader_and_registrations() {
         "{body}"
     );
     promtool_check(&body, dir);
+}
+
+const CALLER: &str = "1001";
+const CALLEE: &str = "1002";
+/// Calls the test makes.
+const CALLS: u32 = 3;
+/// How long each call is held (SIPp `-d`, ms): several scrapes see it in progress.
+const HOLD_MS: u32 = 3000;
+
+/// True when a UDP socket in this namespace is bound to `ip:port` (or to every address).
+fn udp_bound(ip: Ipv4Addr, port: u16) -> bool {
+    // /proc/net/udp spells the address as the 32-bit word in host (little-endian) order.
+    let [a, b, c, d] = ip.octets();
+    let wanted = [
+        format!("{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|local| wanted.iter().any(|w| w == local))
+    })
+}
+
+/// Registers `user` (password `pw<user>`) with `member` from the test's own namespace,
+/// bound to the bridge address and `port`, where a SIPp agent then answers for it.
+fn register_at(lab: &Lab, member: &Node, user: &str, port: u16) {
+    let r = Sipp::new(&format!("reg-{user}"), scenario("register.xml"))
+        .remote(member.addr)
+        .local_ip(lab.gateway)
+        .local_port(port)
+        .args(["-s", user, "-au", user, "-ap", &format!("pw{user}")])
+        .key("expires", "3600")
+        .run()
+        .expect("sipp runs");
+    assert!(r.ok(), "REGISTER {user}\n{}", r.describe());
+}
+
+/// A counter the calls move, and by how much.
+struct Rise {
+    what: &'static str,
+    selector: &'static str,
+    by: u32,
+    /// Exactly `by` (call counters), or at least (SIP messages: a retransmission counts).
+    exact: bool,
+}
+
+#[test]
+fn prometheus_finds_the_call_counters_of_sipp_calls_through_a_member() {
+    let lab = Lab::create(3).expect("lab");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let members = form_cluster(&lab, 3, dir, NodeOpts::default());
+    let targets: Vec<String> = members.iter().map(|m| m.admin.to_string()).collect();
+    let prom = Prometheus::start(dir, &targets);
+    eventually(
+        Duration::from_secs(30),
+        "the call series of all three members scraped",
+        || prom.scalar("count(softswitch_call_attempts_total)") == Some(3.0),
+    );
+
+    // The calls go through the second member (a follower).
+    let through = &members[1];
+    let on = format!("instance=\"{}\"", through.admin);
+    let off = format!("instance!=\"{}\"", through.admin);
+    // A selector's sum on the member, or on the others; 0 while absent (a response code
+    // is exposed once first sent).
+    let sum = |selector: &str, instance: &str| -> Option<f64> {
+        let q = match selector.strip_suffix('}') {
+            Some(s) => format!("{s},{instance}}}"),
+            None => format!("{selector}{{{instance}}}"),
+        };
+        prom.scalar(&format!("sum({q}) or vector(0)"))
+    };
+    let n = CALLS;
+    let rises = [
+        Rise {
+            what: "call attempts",
+            selector: "softswitch_call_attempts_total",
+            by: n,
+            exact: true,
+        },
+        Rise {
+            what: "answered calls",
+            selector: "softswitch_calls_answered_total",
+            by: n,
+            exact: true,
+        },
+        Rise {
+            what: "calls ended ANSWERED",
+            selector: "softswitch_calls_ended_total{disposition=\"ANSWERED\"}",
+            by: n,
+            exact: true,
+        },
+        Rise {
+            what: "call setups timed",
+            selector: "softswitch_call_setup_seconds_count",
+            by: n,
+            exact: true,
+        },
+        Rise {
+            what: "INVITEs (challenged, then authenticated)",
+            selector: "softswitch_sip_requests_total{method=\"INVITE\"}",
+            by: 2 * n,
+            exact: false,
+        },
+        Rise {
+            what: "ACKs (of the 407, of the 200)",
+            selector: "softswitch_sip_requests_total{method=\"ACK\"}",
+            by: 2 * n,
+            exact: false,
+        },
+        Rise {
+            what: "BYEs",
+            selector: "softswitch_sip_requests_total{method=\"BYE\"}",
+            by: n,
+            exact: false,
+        },
+        Rise {
+            what: "407 to INVITE",
+            selector: "softswitch_sip_responses_total{method=\"INVITE\",code=\"407\"}",
+            by: n,
+            exact: false,
+        },
+        Rise {
+            what: "200 to INVITE",
+            selector: "softswitch_sip_responses_total{method=\"INVITE\",code=\"200\"}",
+            by: n,
+            exact: false,
+        },
+        Rise {
+            what: "200 to BYE",
+            selector: "softswitch_sip_responses_total{method=\"BYE\",code=\"200\"}",
+            by: n,
+            exact: false,
+        },
+    ];
+
+    // Caller and callee register through that member, from the test's namespace.
+    let (caller_port, callee_port) = (free_port(), free_port());
+    register_at(&lab, through, CALLER, caller_port);
+    register_at(&lab, through, CALLEE, callee_port);
+    eventually(
+        Duration::from_secs(30),
+        "both contacts registered on the member",
+        || {
+            prom.scalar(&format!("softswitch_registered_contacts{{{on}}}"))
+                .is_some_and(|v| v >= 2.0)
+        },
+    );
+
+    // Before: no call in progress anywhere; the counters as they are.
+    let idle = |gauge: &str| {
+        prom.scalar(&format!("count({gauge})")) == Some(3.0)
+            && prom.scalar(&format!("max({gauge})")) == Some(0.0)
+    };
+    assert!(idle("softswitch_calls_active"), "a call before the test's");
+    assert!(idle("softswitch_media_sessions"), "a relay session before");
+    let before: Vec<(f64, f64)> = rises
+        .iter()
+        .map(|r| {
+            let on = sum(r.selector, &on).unwrap_or_else(|| panic!("{} before", r.what));
+            let off = sum(r.selector, &off).unwrap_or_else(|| panic!("{} before", r.what));
+            (on, off)
+        })
+        .collect();
+
+    // The calls: the callee answers each, the caller hangs up after HOLD_MS.
+    let started = Instant::now();
+    let uas = Sipp::new("uas-answer", scenario("uas-answer.xml"))
+        .local_ip(lab.gateway)
+        .local_port(callee_port)
+        .args(["-s", CALLEE])
+        .calls(CALLS)
+        .timeout_s(60)
+        .spawn()
+        .expect("sipp runs");
+    let bound = Instant::now() + Duration::from_secs(5);
+    while !udp_bound(lab.gateway, callee_port) {
+        assert!(Instant::now() < bound, "the UAS did not bind {callee_port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addr = through.addr.to_string();
+    let uac = Sipp::new("uac-call", scenario("uac-call.xml"))
+        .remote(&addr)
+        .local_ip(lab.gateway)
+        .local_port(caller_port)
+        .args([
+            "-rsa",
+            &addr,
+            "-s",
+            CALLEE,
+            "-au",
+            CALLER,
+            "-ap",
+            &format!("pw{CALLER}"),
+            "-d",
+            &HOLD_MS.to_string(),
+        ])
+        .key("caller", CALLER)
+        .calls(CALLS)
+        .timeout_s(60)
+        .run()
+        .expect("sipp runs");
+    assert!(uac.ok(), "{CALLS} answered calls\n{}", uac.describe());
+    let u = uas.wait();
+    assert!(
+        u.ok(),
+        "the callee answered {CALLS} calls\n{}",
+        u.describe()
+    );
+    eprintln!("[prometheus] {CALLS} calls in {:?}", started.elapsed());
+
+    // Prometheus finds each counter risen on the member by what the calls made, and
+    // the other members' unchanged.
+    for (r, (on_before, off_before)) in rises.iter().zip(before) {
+        let want = on_before + f64::from(r.by);
+        let mut now = on_before;
+        eventually(Duration::from_secs(30), r.what, || {
+            now = sum(r.selector, &on).unwrap_or(on_before);
+            now >= want
+        });
+        if r.exact {
+            assert_eq!(now, want, "{}: {} before, {CALLS} calls", r.what, on_before);
+        }
+        let others = sum(r.selector, &off).expect("the other members' count");
+        assert_eq!(
+            others, off_before,
+            "{} on members the calls avoided",
+            r.what
+        );
+    }
+    // The setup times were measured (a local answer takes milliseconds, not seconds).
+    let setup = prom
+        .scalar(&format!("sum(softswitch_call_setup_seconds_sum{{{on}}})"))
+        .expect("setup time sum");
+    assert!(
+        setup > 0.0 && setup < f64::from(CALLS) * 5.0,
+        "call setup seconds sum {setup}"
+    );
+
+    // During the calls Prometheus saw them in progress, and relay sessions open for
+    // them (never more than the calls made); now both are back at 0 everywhere.
+    for gauge in ["softswitch_calls_active", "softswitch_media_sessions"] {
+        let peak = prom
+            .scalar(&format!("max_over_time({gauge}{{{on}}}[10m])"))
+            .expect("a peak");
+        assert!(
+            (1.0..=f64::from(CALLS)).contains(&peak),
+            "{gauge} peaked at {peak} during {CALLS} calls"
+        );
+        eventually(
+            Duration::from_secs(30),
+            &format!("{gauge} back at 0"),
+            || idle(gauge),
+        );
+    }
 }
