@@ -643,7 +643,10 @@ impl Core {
             | Command::EndCall { .. }
             | Command::PutApiToken { .. }
             | Command::RemoveApiToken { .. }
-            | Command::AppendAudit(_) => {}
+            | Command::AppendAudit(_)
+            | Command::RestoreBegin { .. }
+            | Command::RestoreChunk { .. }
+            | Command::RestoreCommit { .. } => {}
         }
     }
 

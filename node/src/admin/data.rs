@@ -41,16 +41,6 @@ fn store_failed(e: StoreError) -> Failed {
     ))
 }
 
-/// True for binding changes, which the SIP core mirrors in memory whatever they
-/// answered (configuration writes only when they were applied, see above).
-fn mirrored(cmd: &Command) -> bool {
-    match cmd {
-        Command::PutBinding { .. } | Command::RemoveBinding { .. } => true,
-        Command::Batch(inner) => inner.iter().any(mirrored),
-        _ => false,
-    }
-}
-
 impl Data {
     /// Reads this node's applied state with `f`.
     pub fn read<T>(
@@ -89,10 +79,10 @@ impl Data {
     pub async fn write(&self, cmd: Command) -> Result<Outcome, Failed> {
         match self {
             Data::Local { store, feed } => {
-                let outcome = store.apply(&cmd).map_err(store_failed)?;
-                if matches!(outcome, Outcome::Version(_)) || mirrored(&cmd) {
+                let (outcome, mirror) = store.apply_mirrored(&cmd).map_err(store_failed)?;
+                if let Some(change) = Command::from_mirror(mirror) {
                     // The core is gone only while the node stops.
-                    let _ = feed.send(Applied::Change(cmd));
+                    let _ = feed.send(Applied::Change(change));
                 }
                 Ok(outcome)
             }

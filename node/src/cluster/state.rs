@@ -69,11 +69,7 @@ impl consensus::App for ReplicatedState {
                 return Outcome::Done;
             }
         };
-        if let (Some(feed), false) = (&self.feed, mirror.is_empty()) {
-            let change = match mirror.len() {
-                1 => mirror.remove(0),
-                _ => Command::Batch(mirror),
-            };
+        if let (Some(feed), Some(change)) = (&self.feed, Command::from_mirror(mirror)) {
             // The core is gone only while the node stops.
             let _ = feed.send(Applied::Change(change));
         }

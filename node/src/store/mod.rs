@@ -4,6 +4,8 @@
 //! same commands through Raft and apply them here on every member.
 
 mod access;
+pub mod backup;
+mod restore;
 mod versions;
 
 use crate::calls::cdr::Cdr;
@@ -24,7 +26,7 @@ const CF_BINDINGS: &str = "bindings";
 const CF_CDRS: &str = "cdrs";
 const CF_CALLS: &str = "calls";
 /// The column families of the node's state.
-pub const CFS: [&str; 8] = [
+pub const CFS: [&str; 9] = [
     CF_META,
     CF_EXTENSIONS,
     CF_BINDINGS,
@@ -33,6 +35,7 @@ pub const CFS: [&str; 8] = [
     CF_VERSIONS,
     CF_TOKENS,
     CF_AUDIT,
+    restore::CF_RESTORE,
 ];
 const KEY_SEEDED: &[u8] = b"seeded";
 const KEY_NEXT_CDR: &[u8] = b"next_cdr";
@@ -102,6 +105,37 @@ pub enum Command {
     /// Several commands applied atomically: one replicated log entry for the binding
     /// changes of many REGISTERs.
     Batch(Vec<Command>),
+    /// Start restoring a backup (see [`restore`]): drops what an unfinished restore staged.
+    RestoreBegin {
+        /// Names this restore; its chunks and commit must carry it.
+        id: String,
+    },
+    /// Stage records of the backup being restored.
+    RestoreChunk {
+        /// The restore's id.
+        id: String,
+        /// Records of the backup.
+        records: Vec<backup::Record>,
+    },
+    /// Replace the state with the staged backup, atomically.
+    RestoreCommit {
+        /// The restore's id.
+        id: String,
+        /// How many records were staged; the commit is refused if fewer arrived.
+        records: u64,
+    },
+}
+
+impl Command {
+    /// The changes [`stage`] mirrored, as one command for the SIP core; `None` if there
+    /// were none.
+    pub fn from_mirror(mut mirror: Vec<Command>) -> Option<Command> {
+        match mirror.len() {
+            0 => None,
+            1 => mirror.pop(),
+            _ => Some(Command::Batch(mirror)),
+        }
+    }
 }
 
 /// Store failures.
@@ -180,10 +214,26 @@ impl Store {
     /// Applies several commands atomically (one RocksDB write batch); answers what the
     /// last one did.
     pub fn apply_all(&self, cmds: &[Command]) -> Result<Outcome, StoreError> {
+        self.apply_staged(cmds, None)
+    }
+
+    /// Applies one command and answers, besides what it did, the changes the SIP core
+    /// mirrors in memory (see [`stage`]).
+    pub fn apply_mirrored(&self, cmd: &Command) -> Result<(Outcome, Vec<Command>), StoreError> {
+        let mut mirror = Vec::new();
+        let outcome = self.apply_staged(std::slice::from_ref(cmd), Some(&mut mirror))?;
+        Ok((outcome, mirror))
+    }
+
+    fn apply_staged(
+        &self,
+        cmds: &[Command],
+        mirror: Option<&mut Vec<Command>>,
+    ) -> Result<Outcome, StoreError> {
         let mut next_cdr = self.next_cdr.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut next = *next_cdr;
-        let outcome = stage(&self.db, &mut batch, cmds, &mut next, None)?;
+        let outcome = stage(&self.db, &mut batch, cmds, &mut next, mirror)?;
         self.db.write(batch)?;
         *next_cdr = next;
         Ok(outcome)
@@ -430,6 +480,16 @@ fn stage_each(
             }
             Command::Batch(inner) => {
                 outcome = stage_each(db, batch, inner, next_cdr, st)?;
+            }
+            Command::RestoreBegin { id } => restore::begin(db, batch, id)?,
+            Command::RestoreChunk { id, records } => {
+                outcome = restore::chunk(db, batch, id, records)?
+            }
+            Command::RestoreCommit { id, records } => {
+                outcome =
+                    restore::commit(db, batch, id, *records, next_cdr, st.mirror.as_deref_mut())?;
+                // Numbering restarts from the restored log.
+                st.next_audit = None;
             }
         }
         if let (true, Some(m)) = (mirrored, st.mirror.as_deref_mut()) {
