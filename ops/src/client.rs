@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// Bound on connecting, sending and reading one whole answer.
-const TIMEOUT: Duration = Duration::from_secs(30);
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A non-2xx answer of the admin API: its status decides `switchctl`'s exit code.
 #[derive(Debug)]
@@ -46,28 +46,46 @@ impl Admin {
         }
     }
 
-    /// Like [`Admin::call`] but answers the raw body (CSV exports).
-    pub async fn call_text(&self, method: Method, path: &str) -> anyhow::Result<Bytes> {
-        let (status, text) = self.bounded(method.clone(), path, None).await?;
-        if !(200..300).contains(&status) {
-            return Err(self.failed(status, &text).into());
-        }
-        Ok(text)
-    }
-
     async fn bounded(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Bytes)> {
-        let exchange = self.exchange(method.clone(), path, body);
-        tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| {
+        let payload = body.map(|v| (Bytes::from(v.to_string()), "application/json"));
+        self.bounded_raw(method, path, payload, TIMEOUT).await
+    }
+
+    async fn bounded_raw(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Option<(Bytes, &'static str)>,
+        timeout: Duration,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let exchange = self.exchange(method.clone(), path, payload);
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
             anyhow!(
-                "the admin API at {} did not answer {method} {path} within {TIMEOUT:?}; is the node overloaded or stuck?",
+                "the admin API at {} did not answer {method} {path} within {timeout:?}; is the node overloaded or stuck?",
                 self.addr
             )
         })?
+    }
+
+    /// Sends `payload` (bytes of type `content_type`, or none) and answers the raw body
+    /// of a 2xx answer (backups), allowing `timeout` for a large transfer.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Option<(Bytes, &'static str)>,
+        timeout: Duration,
+    ) -> anyhow::Result<Bytes> {
+        let (status, text) = self.bounded_raw(method, path, payload, timeout).await?;
+        if !(200..300).contains(&status) {
+            return Err(self.failed(status, &text).into());
+        }
+        Ok(text)
     }
 
     fn failed(&self, status: u16, text: &[u8]) -> ApiError {
@@ -109,7 +127,7 @@ impl Admin {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        payload: Option<(Bytes, &'static str)>,
     ) -> anyhow::Result<(u16, Bytes)> {
         let stream = tokio::net::TcpStream::connect(&self.addr).await.with_context(|| {
             format!(
@@ -124,15 +142,12 @@ impl Admin {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let payload = match &body {
-            Some(v) => Bytes::from(v.to_string()),
-            None => Bytes::new(),
-        };
+        let (payload, content_type) = payload.unwrap_or((Bytes::new(), "application/json"));
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, self.addr.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json");
+            .header(hyper::header::CONTENT_TYPE, content_type);
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }

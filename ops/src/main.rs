@@ -5,6 +5,7 @@
 //! (`cluster status|token|remove-node|leave|transfer-leader`) or offline before it starts (`cluster join|init`).
 
 mod access;
+mod backup;
 mod client;
 mod cluster;
 mod config;
@@ -79,6 +80,18 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Write a consistent copy of the cluster's state (extensions, registrations,
+    /// CDRs, tokens, audit log) to FILE ('-': standard output); admin role.
+    Backup {
+        /// Where to write it (owner-only: it holds every extension's password).
+        file: PathBuf,
+    },
+    /// Replace the cluster's state with a backup from FILE ('-': standard input); the
+    /// cluster's own tokens and calls in progress stay; admin role.
+    Restore {
+        /// The backup, as `switchctl backup` wrote it.
+        file: PathBuf,
     },
     /// Prints a shell completion script: `switchctl completions bash >
     /// /etc/bash_completion.d/switchctl` (also zsh, fish, elvish, powershell).
@@ -509,6 +522,12 @@ fn main() -> std::process::ExitCode {
         Command::Token { action } => run_token(&target, cli.output, action),
         Command::Audit { since, limit } => online(&target, |admin| async move {
             access::audit(&admin, since.as_deref(), limit, cli.output).await
+        }),
+        Command::Backup { file } => online(&target, |admin| async move {
+            backup::backup(&admin, &file, output).await
+        }),
+        Command::Restore { file } => online(&target, |admin| async move {
+            backup::restore(&admin, &file, output).await
         }),
         // Answered before the configuration is read.
         Command::Completions { .. } => Ok(()),

@@ -204,7 +204,12 @@ pub async fn export(admin: &Admin, filter: &CdrFilter, format: ExportFormat) -> 
     match format {
         ExportFormat::Csv => {
             let text = admin
-                .call_text(Method::GET, &format!("/v1/cdrs.csv?{q}"))
+                .call_raw(
+                    Method::GET,
+                    &format!("/v1/cdrs.csv?{q}"),
+                    None,
+                    crate::client::TIMEOUT,
+                )
                 .await?;
             std::io::stdout().write_all(&text)?;
         }

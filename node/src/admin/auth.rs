@@ -71,7 +71,8 @@ pub fn authenticate(data: &Data, headers: &HeaderMap) -> Result<Caller, Box<Repl
 
 /// The least role that may make `method` on `path`.
 pub fn needed(method: &Method, path: &str) -> Role {
-    let admin_only = ["/v1/tokens", "/v1/audit"]
+    // A backup holds every extension's password; a restore replaces everything.
+    let admin_only = ["/v1/tokens", "/v1/audit", "/v1/backup", "/v1/restore"]
         .iter()
         .any(|p| path == *p || path.starts_with(&format!("{p}/")));
     let cluster = path == "/v1/cluster" || path.starts_with("/v1/cluster/");

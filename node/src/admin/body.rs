@@ -10,19 +10,30 @@ use serde::de::DeserializeOwned;
 
 /// The largest body the admin API accepts; its requests are a few small fields.
 const MAX_BODY: usize = 64 * 1024;
+/// The largest backup `POST /v1/restore` accepts (it is checked whole before use).
+const MAX_BACKUP: usize = 512 * 1024 * 1024;
+/// The largest PBX description `POST /v1/pbx` accepts.
+const MAX_PBX: usize = 16 * 1024 * 1024;
 
-/// Reads the whole body (at most [`MAX_BODY`] bytes). The error is the reply to send
+/// The largest body accepted on `path`.
+pub fn limit(path: &str) -> usize {
+    match path {
+        "/v1/restore" => MAX_BACKUP,
+        "/v1/pbx" => MAX_PBX,
+        _ => MAX_BODY,
+    }
+}
+
+/// Reads the whole body (at most `limit` bytes). The error is the reply to send
 /// (boxed: a response is large).
-pub async fn collect(body: Incoming) -> Result<Bytes, Box<Reply>> {
-    Ok(Limited::new(body, MAX_BODY)
+pub async fn collect(body: Incoming, limit: usize) -> Result<Bytes, Box<Reply>> {
+    Ok(Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| {
             Box::new(error(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "cannot read the request body ({e}); send at most {MAX_BODY} bytes of JSON"
-                ),
+                format!("cannot read the request body ({e}); send at most {limit} bytes"),
             ))
         })?
         .to_bytes())

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
 /// The answer to one request.
@@ -28,4 +28,15 @@ pub fn field_error(field: &str, reason: &str) -> Reply {
         StatusCode::BAD_REQUEST,
         serde_json::json!({ "error": format!("{field}: {reason}"), "field": field }),
     )
+}
+
+/// A file to download (`Content-Disposition: attachment`).
+pub fn attachment(body: Vec<u8>, content_type: &'static str, filename: &str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        r.headers_mut().insert(CONTENT_DISPOSITION, v);
+    }
+    r
 }

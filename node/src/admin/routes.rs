@@ -4,7 +4,7 @@
 use super::auth::Caller;
 use super::reply::{error, json, Reply};
 use super::{
-    audit, calls, cdrs, cluster, extensions, not_allowed, registrations, tokens, AdminState,
+    audit, backup, calls, cdrs, cluster, extensions, not_allowed, registrations, tokens, AdminState,
 };
 use hyper::{Method, StatusCode};
 use std::sync::Arc;
@@ -60,6 +60,10 @@ pub async fn dispatch(state: &Arc<AdminState>, call: Call<'_>) -> Reply {
         "/v1/cdrs" => return not_allowed(method, path, "GET"),
         "/v1/cdrs.csv" if get => return cdrs::csv(data, query),
         "/v1/cdrs.csv" => return not_allowed(method, path, "GET"),
+        "/v1/backup" if get => return backup::backup(state).await,
+        "/v1/backup" => return not_allowed(method, path, "GET"),
+        "/v1/restore" if post => return backup::restore(data, body).await,
+        "/v1/restore" => return not_allowed(method, path, "POST"),
         "/v1/audit" if get => return audit::list(data, query),
         "/v1/audit" => return not_allowed(method, path, "GET"),
         _ => {}
