@@ -635,7 +635,9 @@ impl Core {
             }
             Command::PutExtension { extension, .. } => self.directory.upsert(extension),
             Command::RemoveExtension { number, .. } => self.directory.remove(&number),
-            Command::Batch(inner) => inner.into_iter().for_each(|c| self.on_applied(c)),
+            Command::Batch(inner) | Command::AllOrNothing(inner) => {
+                inner.into_iter().for_each(|c| self.on_applied(c))
+            }
             Command::AppendCdr(_)
             | Command::MarkSeeded
             | Command::StartCall(_)

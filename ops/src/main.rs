@@ -5,6 +5,7 @@
 //! (`cluster status|token|remove-node|leave|transfer-leader`) or offline before it starts (`cluster join|init`).
 
 mod access;
+mod apply;
 mod backup;
 mod client;
 mod cluster;
@@ -81,6 +82,9 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Make the PBX what a description file says: the difference is shown, then
+    /// applied all at once (operator role).
+    Apply(apply::ApplyArgs),
     /// Write a consistent copy of the cluster's state (extensions, registrations,
     /// CDRs, tokens, audit log) to FILE ('-': standard output); admin role.
     Backup {
@@ -522,6 +526,9 @@ fn main() -> std::process::ExitCode {
         Command::Token { action } => run_token(&target, cli.output, action),
         Command::Audit { since, limit } => online(&target, |admin| async move {
             access::audit(&admin, since.as_deref(), limit, cli.output).await
+        }),
+        Command::Apply(args) => online(&target, |admin| async move {
+            apply::apply(&admin, &args, output).await
         }),
         Command::Backup { file } => online(&target, |admin| async move {
             backup::backup(&admin, &file, output).await

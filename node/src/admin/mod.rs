@@ -12,6 +12,7 @@ mod cdrs;
 mod cluster;
 mod data;
 mod extensions;
+mod pbx;
 pub mod prometheus;
 mod query;
 mod registrations;

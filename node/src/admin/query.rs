@@ -51,6 +51,16 @@ impl Query {
             .transpose()
     }
 
+    /// A yes/no parameter (`true`/`false`, `1`/`0`); absent is `default`.
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, Box<Reply>> {
+        match self.get(name) {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(_) => Err(Box::new(field_error(name, "must be true or false"))),
+        }
+    }
+
     /// `limit` (default [`DEFAULT_LIMIT`], 1 to [`MAX_LIMIT`]) and `offset` (default 0).
     pub fn page(&self) -> Result<Page, Box<Reply>> {
         let limit = self.number("limit")?.unwrap_or(DEFAULT_LIMIT as u64);

@@ -4,7 +4,8 @@
 use super::auth::Caller;
 use super::reply::{error, json, Reply};
 use super::{
-    audit, backup, calls, cdrs, cluster, extensions, not_allowed, registrations, tokens, AdminState,
+    audit, backup, calls, cdrs, cluster, extensions, not_allowed, pbx, registrations, tokens,
+    AdminState,
 };
 use hyper::{Method, StatusCode};
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub async fn dispatch(state: &Arc<AdminState>, call: Call<'_>) -> Reply {
         "/v1/cdrs" => return not_allowed(method, path, "GET"),
         "/v1/cdrs.csv" if get => return cdrs::csv(data, query),
         "/v1/cdrs.csv" => return not_allowed(method, path, "GET"),
+        "/v1/pbx" if post => return pbx::apply(data, query, body).await,
+        "/v1/pbx" => return not_allowed(method, path, "POST"),
         "/v1/backup" if get => return backup::backup(state).await,
         "/v1/backup" => return not_allowed(method, path, "GET"),
         "/v1/restore" if post => return backup::restore(data, body).await,

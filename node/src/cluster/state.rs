@@ -34,7 +34,7 @@ impl ReplicatedState {
 fn has_cdr(cmd: &Command) -> bool {
     match cmd {
         Command::AppendCdr(_) => true,
-        Command::Batch(inner) => inner.iter().any(has_cdr),
+        Command::Batch(inner) | Command::AllOrNothing(inner) => inner.iter().any(has_cdr),
         _ => false,
     }
 }

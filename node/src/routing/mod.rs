@@ -4,6 +4,7 @@
 //! extend [`Destination`] in later issues.
 
 pub mod extensions;
+pub mod plan;
 
 pub use extensions::{Extension, PbxSeed};
 

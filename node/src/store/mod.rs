@@ -105,6 +105,9 @@ pub enum Command {
     /// Several commands applied atomically: one replicated log entry for the binding
     /// changes of many REGISTERs.
     Batch(Vec<Command>),
+    /// Configuration changes applied all together or, if any one's expectation fails,
+    /// not at all (answering that one's conflict): `switchctl apply`.
+    AllOrNothing(Vec<Command>),
     /// Start restoring a backup (see [`restore`]): drops what an unfinished restore staged.
     RestoreBegin {
         /// Names this restore; its chunks and commit must carry it.
@@ -481,6 +484,12 @@ fn stage_each(
             Command::Batch(inner) => {
                 outcome = stage_each(db, batch, inner, next_cdr, st)?;
             }
+            Command::AllOrNothing(inner) => {
+                outcome = match first_conflict(db, inner, *next_cdr, st)? {
+                    Some(conflict) => conflict,
+                    None => stage_each(db, batch, inner, next_cdr, st)?,
+                };
+            }
             Command::RestoreBegin { id } => restore::begin(db, batch, id)?,
             Command::RestoreChunk { id, records } => {
                 outcome = restore::chunk(db, batch, id, records)?
@@ -497,6 +506,35 @@ fn stage_each(
         }
     }
     Ok(outcome)
+}
+
+/// The conflict the first of `cmds` to be refused answers, staged in a scratch batch
+/// on a copy of the staging state (so nothing of the trial is kept).
+fn first_conflict(
+    db: &DB,
+    cmds: &[Command],
+    mut next_cdr: u64,
+    st: &Staging<'_>,
+) -> Result<Option<Outcome>, StoreError> {
+    let mut trial = Staging {
+        versions: st.versions.clone(),
+        mirror: None,
+        next_audit: st.next_audit,
+    };
+    let mut scratch = WriteBatch::default();
+    for cmd in cmds {
+        let o = stage_each(
+            db,
+            &mut scratch,
+            std::slice::from_ref(cmd),
+            &mut next_cdr,
+            &mut trial,
+        )?;
+        if matches!(o, Outcome::Conflict { .. }) {
+            return Ok(Some(o));
+        }
+    }
+    Ok(None)
 }
 
 /// The number the next CDR gets in `db`: the stored counter, or for a store written
@@ -731,5 +769,59 @@ mod tests {
             .map(|c| c.call_id)
             .collect();
         assert_eq!(live, ["b"]);
+    }
+
+    #[test]
+    fn all_or_nothing_applies_every_change_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s")).unwrap();
+        s.apply(&Command::PutExtension {
+            extension: ext("1001", "one"),
+            expect: Expect::Any,
+        })
+        .unwrap();
+        // The second change is based on a version that is not there: neither lands.
+        let stale = Command::AllOrNothing(vec![
+            Command::PutExtension {
+                extension: ext("1002", "two"),
+                expect: Expect::Absent,
+            },
+            Command::RemoveExtension {
+                number: "1001".into(),
+                expect: Expect::Version(9),
+            },
+        ]);
+        let (o, mirror) = s.apply_mirrored(&stale).unwrap();
+        assert_eq!(
+            o,
+            Outcome::Conflict {
+                exists: true,
+                version: 1
+            }
+        );
+        assert!(mirror.is_empty());
+        let numbers = |s: &Store| -> Vec<String> {
+            s.extensions()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.number)
+                .collect()
+        };
+        assert_eq!(numbers(&s), ["1001"]);
+        // Based on the right versions, both land (and the core is told of both).
+        let fresh = Command::AllOrNothing(vec![
+            Command::PutExtension {
+                extension: ext("1002", "two"),
+                expect: Expect::Absent,
+            },
+            Command::RemoveExtension {
+                number: "1001".into(),
+                expect: Expect::Version(1),
+            },
+        ]);
+        let (o, mirror) = s.apply_mirrored(&fresh).unwrap();
+        assert_eq!(o, Outcome::Version(2));
+        assert_eq!(mirror.len(), 2);
+        assert_eq!(numbers(&s), ["1002"]);
     }
 }

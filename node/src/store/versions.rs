@@ -41,7 +41,7 @@ pub enum Outcome {
 
 /// A configuration object's state as seen by the commands of one write batch: the
 /// stored state, overlaid with what earlier commands of the same batch staged.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Versions {
     staged: HashMap<Vec<u8>, (bool, u64)>,
 }
