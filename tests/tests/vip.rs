@@ -320,6 +320,16 @@ fn call_survives(fault: impl FnOnce(&mut VipCluster, usize)) {
     });
     let after = c.holder();
     assert_ne!(before, after, "another member holds the VIP");
+    eventually(
+        Duration::from_secs(10),
+        "only the holder says (`cluster status`) it has the VIP",
+        || {
+            c.up().all(|i| {
+                status(c.members[i].admin, c.dir())["vip"]["held_here"].as_bool()
+                    == Some(i == after)
+            })
+        },
+    );
     let (a, b) = call.talk(relay, 20, Duration::from_secs(5));
     assert!(a >= 20 && b >= 20, "RTP resumed both ways: {a}/{b}");
     std::thread::sleep(Duration::from_secs(1));

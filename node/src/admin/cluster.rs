@@ -148,13 +148,19 @@ pub async fn status(state: Arc<AdminState>) -> Reply {
     )
 }
 
-/// The virtual IP(s) and their holder: the leader holding its lease (the only node
-/// that adds the address); `null` without `[vip]`.
+/// The virtual IP(s), their holder (the leader holding its lease: the only node that
+/// adds the address) and whether this node has the address on its interface now;
+/// `null` without `[vip]`.
 fn vip_json(state: &AdminState, own: &Status) -> Value {
     if state.vip.is_empty() {
         return Value::Null;
     }
-    json!({ "addresses": state.vip, "holder": own.leader })
+    let held_here = state
+        .metrics
+        .vip_held
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0;
+    json!({ "addresses": state.vip, "holder": own.leader, "held_here": held_here })
 }
 
 /// A member this far behind the leader's log makes the cluster `degraded`.
