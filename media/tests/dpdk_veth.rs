@@ -271,6 +271,10 @@ fn dpdk_relays_rtp_between_two_namespaces() {
     );
     let c = relay.counters();
     assert_eq!(c.forwarded, 2 * u64::from(PACKETS));
+    let payload: usize = (0..PACKETS)
+        .map(|seq| rtp(seq).len() + rtp(1000 + seq).len())
+        .sum();
+    assert_eq!(c.bytes, payload as u64, "payload bytes relayed");
     assert_eq!(c.dropped, 3, "2 to no session + 1 spoofed: {c:?}");
     assert_eq!(c.send_failed, 0);
     assert_eq!(c.sessions, 1);

@@ -104,6 +104,7 @@ fn latched_rtp_goes_through_the_kernel_and_comes_back_on_update() {
     assert_eq!(st.a.forwarded_bytes, 76 * 172);
     assert_eq!(st.b.forwarded_packets, 76);
     assert_eq!(relay.counters().kernel_forwarded, 150);
+    assert_eq!(relay.counters().kernel_bytes, 150 * 172);
     assert_eq!(relay.next_event(Duration::ZERO), None, "no RTP timeout");
 
     // A new SDP from B: both streams leave the kernel; the next packets latch again

@@ -147,6 +147,8 @@ pub struct DpdkCounters {
     pub received: u64,
     /// Datagrams relayed.
     pub forwarded: u64,
+    /// UDP payload bytes of the datagrams relayed.
+    pub bytes: u64,
     /// Datagrams for the relay address not relayed (session decision, no session
     /// on the port, next hop unresolved, jumbo frame).
     pub dropped: u64,
@@ -658,12 +660,13 @@ impl DpdkRelay {
         RelayCounters {
             sessions: self.control().sessions.len(),
             forwarded: d.forwarded,
-            bytes: 0,
+            bytes: d.bytes,
             dropped: d.dropped,
             send_failed: d.send_failed,
             truncated: d.truncated,
             events_lost: d.events_lost,
             kernel_forwarded: 0,
+            kernel_bytes: 0,
         }
     }
 
@@ -674,6 +677,7 @@ impl DpdkRelay {
         DpdkCounters {
             received: get(&c.received),
             forwarded: get(&c.forwarded),
+            bytes: get(&c.bytes),
             dropped: get(&c.dropped),
             send_failed: get(&c.send_failed),
             truncated: get(&c.truncated),

@@ -71,6 +71,8 @@ pub enum Command {
 pub struct Counters {
     pub received: AtomicU64,
     pub forwarded: AtomicU64,
+    /// UDP payload bytes of the datagrams in `forwarded`.
+    pub bytes: AtomicU64,
     pub dropped: AtomicU64,
     pub send_failed: AtomicU64,
     pub truncated: AtomicU64,
@@ -91,6 +93,7 @@ pub struct Counters {
 struct Tally {
     received: u64,
     forwarded: u64,
+    bytes: u64,
     dropped: u64,
     send_failed: u64,
     truncated: u64,
@@ -110,6 +113,7 @@ impl Tally {
         let pairs = [
             (&c.received, self.received),
             (&c.forwarded, self.forwarded),
+            (&c.bytes, self.bytes),
             (&c.dropped, self.dropped),
             (&c.send_failed, self.send_failed),
             (&c.truncated, self.truncated),
@@ -226,6 +230,8 @@ struct Worker {
     /// Session lookup by UDP destination port.
     by_port: Vec<u32>,
     tx: [*mut sys::rte_mbuf; TX_ROOM],
+    /// The UDP payload length of each queued datagram, counted once the device took it.
+    tx_bytes: [u32; TX_ROOM],
     tx_len: usize,
     drop: [*mut sys::rte_mbuf; BURST],
     drop_len: usize,
@@ -249,6 +255,7 @@ pub fn run(parts: WorkerParts) {
         index: HashMap::new(),
         by_port: vec![0; 65_536],
         tx: [std::ptr::null_mut(); TX_ROOM],
+        tx_bytes: [0; TX_ROOM],
         tx_len: 0,
         drop: [std::ptr::null_mut(); BURST],
         drop_len: 0,
@@ -365,9 +372,10 @@ impl Worker {
         Some(slot.session.stats())
     }
 
-    fn queue_tx(&mut self, m: *mut sys::rte_mbuf) {
+    fn queue_tx(&mut self, m: *mut sys::rte_mbuf, payload_len: usize) {
         if self.tx_len < TX_ROOM {
             self.tx[self.tx_len] = m;
+            self.tx_bytes[self.tx_len] = u32::try_from(payload_len).unwrap_or(u32::MAX);
             self.tx_len += 1;
         } else {
             // SAFETY: `m` is an mbuf this thread owns.
@@ -406,6 +414,10 @@ impl Worker {
                 self.tally.send_failed += rest as u64;
             }
             self.tally.forwarded += sent as u64;
+            self.tally.bytes += self.tx_bytes[..sent]
+                .iter()
+                .map(|b| u64::from(*b))
+                .sum::<u64>();
             self.tx_len = 0;
         }
         if self.drop_len > 0 {
@@ -535,7 +547,7 @@ impl Worker {
                 dst: to,
             },
         );
-        self.queue_tx(m);
+        self.queue_tx(m, u.payload_len);
     }
 
     fn send_arp_request(&mut self, target: Ipv4Addr) {

@@ -191,8 +191,7 @@ pub struct RelayCounters {
     pub sessions: usize,
     /// Datagrams forwarded.
     pub forwarded: u64,
-    /// Bytes of the datagrams forwarded in user space (not the kernel path's; 0 on
-    /// the DPDK backend, which does not count them).
+    /// Payload bytes of the datagrams in `forwarded`.
     pub bytes: u64,
     /// Datagrams dropped by session decisions or as truncated.
     pub dropped: u64,
@@ -205,6 +204,8 @@ pub struct RelayCounters {
     /// Datagrams the in-kernel fast path forwarded (as of the threads' last scan; not
     /// in `forwarded`).
     pub kernel_forwarded: u64,
+    /// Payload bytes of the datagrams in `kernel_forwarded`.
+    pub kernel_bytes: u64,
 }
 
 /// Checks that `a` and `b`, pairs to adopt, are two distinct RTP/RTCP pairs (whether
@@ -706,6 +707,7 @@ impl RelayHandle {
             truncated: c.truncated.load(Ordering::Relaxed),
             events_lost: c.events_lost.load(Ordering::Relaxed),
             kernel_forwarded: c.kernel_forwarded.load(Ordering::Relaxed),
+            kernel_bytes: c.kernel_bytes.load(Ordering::Relaxed),
         }
     }
 

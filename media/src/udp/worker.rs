@@ -73,6 +73,8 @@ pub struct Counters {
     pub events_lost: AtomicU64,
     pub register_failed: AtomicU64,
     pub kernel_forwarded: AtomicU64,
+    /// Bytes of the datagrams in `kernel_forwarded`.
+    pub kernel_bytes: AtomicU64,
     pub kernel_failed: AtomicU64,
 }
 
@@ -477,6 +479,7 @@ fn fold_counters(
     counters
         .kernel_forwarded
         .fetch_add(packets, Ordering::Relaxed);
+    counters.kernel_bytes.fetch_add(bytes, Ordering::Relaxed);
     ks.seen = c;
     true
 }

@@ -218,7 +218,7 @@ fn media(f: &mut Families, state: &AdminState) {
         (
             c.sessions,
             c.forwarded + c.kernel_forwarded,
-            c.bytes,
+            c.bytes + c.kernel_bytes,
             c.dropped + c.send_failed,
         )
     });
@@ -234,7 +234,7 @@ fn media(f: &mut Families, state: &AdminState) {
     );
     f.counter(
         "softswitch_media_bytes_total",
-        "Bytes relayed (user-space UDP path).",
+        "Payload bytes relayed (every backend and path).",
         bytes,
     );
     f.counter(
