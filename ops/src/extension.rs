@@ -61,9 +61,33 @@ fn extension_rows(items: &[Value]) -> String {
     )
 }
 
-/// Lists every extension.
-pub async fn list(admin: &Admin, output: Output) -> anyhow::Result<()> {
-    let v = admin.call(Method::GET, "/v1/extensions", None).await?;
+/// Which extensions `extension list` shows.
+#[derive(clap::Args, Debug, Default)]
+pub struct ListFilter {
+    /// Only numbers starting with these digits.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Only names containing this text (any case).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Lists the extensions matching `filter`, a page at a time.
+pub async fn list(
+    admin: &Admin,
+    filter: &ListFilter,
+    paging: &crate::resources::Paging,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut q = format!("limit={}&offset={}", paging.limit, paging.offset);
+    for (k, v) in [("prefix", &filter.prefix), ("name", &filter.name)] {
+        if let Some(v) = v {
+            q.push_str(&format!("&{k}={}", crate::query_value(v)));
+        }
+    }
+    let v = admin
+        .call(Method::GET, &format!("/v1/extensions?{q}"), None)
+        .await?;
     print(output, &v, |v| {
         extension_rows(v["extensions"].as_array().map_or(&[], |a| a))
     })

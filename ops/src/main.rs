@@ -136,8 +136,13 @@ enum TokenAction {
 
 #[derive(Subcommand, Debug)]
 enum ExtensionAction {
-    /// Every extension with its version (passwords are never shown).
-    List,
+    /// Extensions with their versions, in number order (passwords are never shown).
+    List {
+        #[command(flatten)]
+        filter: extension::ListFilter,
+        #[command(flatten)]
+        paging: resources::Paging,
+    },
     /// One extension.
     Show {
         /// Its number.
@@ -390,7 +395,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn run_extension(admin: &Target, output: Output, action: ExtensionAction) -> anyhow::Result<()> {
     online(admin, |admin| async move {
         match action {
-            ExtensionAction::List => extension::list(&admin, output).await,
+            ExtensionAction::List { filter, paging } => {
+                extension::list(&admin, &filter, &paging, output).await
+            }
             ExtensionAction::Show { number } => extension::show(&admin, &number, output).await,
             ExtensionAction::Add { number, fields } => {
                 extension::add(&admin, &number, fields, output).await

@@ -4,6 +4,7 @@
 
 use super::body::read_json;
 use super::data::Data;
+use super::query::{paged, Query};
 use super::reply::{error, field_error, json, Reply};
 use crate::routing::Extension;
 use crate::store::{self, Command, Expect, Outcome};
@@ -23,12 +24,36 @@ fn shown(e: &Extension, version: u64) -> Value {
     })
 }
 
-/// `GET /v1/extensions`: every extension, in number order.
-pub fn list(data: &Data) -> Reply {
+/// `GET /v1/extensions?prefix=&name=&limit=&offset=`: the extensions whose number starts
+/// with `prefix` and whose name contains `name` (any case), in number order, a page at
+/// a time.
+pub fn list(data: &Data, query: Option<&str>) -> Reply {
+    let q = Query::parse(query);
+    let page = match q
+        .only(&["prefix", "name", "limit", "offset"])
+        .and_then(|()| q.page())
+    {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let prefix = q.get("prefix").unwrap_or_default();
+    if !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return field_error("prefix", "must be digits (the start of extension numbers)");
+    }
+    let name = q.get("name").map(str::to_lowercase);
     match data.read(store::versioned_extensions) {
         Ok(all) => {
-            let items: Vec<Value> = all.iter().map(|(e, v)| shown(e, *v)).collect();
-            json(StatusCode::OK, json!({ "extensions": items }))
+            let kept: Vec<Value> = all
+                .iter()
+                .filter(|(e, _)| e.number.starts_with(prefix))
+                .filter(|(e, _)| {
+                    name.as_deref()
+                        .is_none_or(|n| e.name.to_lowercase().contains(n))
+                })
+                .map(|(e, v)| shown(e, *v))
+                .collect();
+            let (items, meta) = page.apply(kept);
+            json(StatusCode::OK, paged("extensions", items, meta))
         }
         Err(r) => *r,
     }

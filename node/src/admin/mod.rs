@@ -420,6 +420,22 @@ mod tests {
         );
         let r = call("GET", "/v1/extensions", "").await;
         assert!(r.contains("Dana") && !r.contains("Stale"), "{r}");
+        // Filters and paging.
+        let r = call("GET", "/v1/extensions?name=dAnA&prefix=30", "").await;
+        let v = body(&r);
+        assert_eq!(v["total"], 1, "{r}");
+        assert_eq!(v["extensions"][0]["name"], "Dana", "{r}");
+        let r = call("GET", "/v1/extensions?prefix=99", "").await;
+        assert_eq!(body(&r)["total"], 0, "{r}");
+        let r = call("GET", "/v1/extensions?limit=1&offset=1", "").await;
+        let v = body(&r);
+        assert_eq!(v["total"], 1, "{r}");
+        assert_eq!(v["extensions"].as_array().map(Vec::len), Some(0), "{r}");
+        let r = call("GET", "/v1/extensions?prefix=3a", "").await;
+        assert!(
+            r.starts_with("HTTP/1.1 400") && r.contains("\"field\":\"prefix\""),
+            "{r}"
+        );
 
         let r = call("DELETE", "/v1/extensions/3001?version=1", "").await;
         assert!(r.starts_with("HTTP/1.1 409"), "{r}");

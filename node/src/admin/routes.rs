@@ -47,7 +47,7 @@ pub async fn dispatch(state: &Arc<AdminState>, call: Call<'_>) -> Reply {
             return cluster::transfer_leader(state.clone(), body).await
         }
         "/v1/cluster/transfer-leader" => return not_allowed(method, path, "POST"),
-        "/v1/extensions" if get => return extensions::list(data),
+        "/v1/extensions" if get => return extensions::list(data, query),
         "/v1/extensions" if post => return extensions::create(data, body).await,
         "/v1/extensions" => return not_allowed(method, path, "GET, POST"),
         "/v1/calls" if get => return calls::list(data, query),
