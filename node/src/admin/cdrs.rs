@@ -106,9 +106,16 @@ fn filter(q: &Query) -> Result<Filter, Box<Reply>> {
     })
 }
 
+/// The CDRs `f` keeps, oldest first. With `from` or `to`, only the CDRs started in that
+/// range are read (through the store's time index); the other filters apply on top.
 fn matching(data: &Data, f: &Filter) -> Result<Vec<Cdr>, Box<Reply>> {
-    let all = data.read(crate::store::cdrs)?;
-    Ok(all.into_iter().filter(|c| f.keeps(c)).collect())
+    let candidates = if f.from.is_some() || f.to.is_some() {
+        let (from, to) = (f.from.as_deref(), f.to.as_deref());
+        data.read(|db| crate::store::cdrs_between(db, from, to))?
+    } else {
+        data.read(crate::store::cdrs)?
+    };
+    Ok(candidates.into_iter().filter(|c| f.keeps(c)).collect())
 }
 
 /// `GET /v1/cdrs?from=&to=&number=&disposition=&limit=&offset=`: oldest first.
@@ -202,6 +209,92 @@ fn csv_field(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Command, Store};
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+
+    async fn body(r: Reply) -> (StatusCode, String) {
+        let status = r.status();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    async fn ids(data: &Data, query: &str) -> (u64, Vec<String>) {
+        let (status, text) = body(list(data, Some(query))).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids = v["cdrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["call_id"].as_str().unwrap().to_string())
+            .collect();
+        (v["total"].as_u64().unwrap(), ids)
+    }
+
+    #[tokio::test]
+    async fn time_ranges_page_and_combine_with_the_other_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        // (call id, start minute, callee, disposition), appended in this order.
+        let rows = [
+            ("a", 10, "1002", Disposition::Answered),
+            ("b", 20, "1003", Disposition::Busy),
+            ("c", 30, "1002", Disposition::Answered),
+            ("d", 5, "1002", Disposition::Answered),
+            ("e", 20, "1002", Disposition::Failed),
+            ("f", 40, "1002", Disposition::Answered),
+        ];
+        for (id, minute, callee, disposition) in rows {
+            let start = format!("2026-03-01T10:{minute:02}:00.000Z");
+            store
+                .apply(&Command::AppendCdr(Cdr {
+                    call_id: id.into(),
+                    caller: "1001".into(),
+                    callee: callee.into(),
+                    start: start.clone(),
+                    answer: None,
+                    end: start,
+                    duration: 0,
+                    billsec: 0,
+                    disposition,
+                    hangup_cause: "normal_clearing".into(),
+                    sip_status: 200,
+                    hangup_by: None,
+                    media: None,
+                }))
+                .unwrap();
+        }
+        let (feed, _applied) = tokio::sync::mpsc::unbounded_channel();
+        let data = Data::Local { store, feed };
+
+        // `from` inclusive, `to` exclusive, in any RFC 3339 spelling; oldest first.
+        let range = "from=2026-03-01T10:10:00Z&to=2026-03-01T11:30:00%2B01:00";
+        assert_eq!(
+            ids(&data, range).await,
+            (3, vec!["a".into(), "b".into(), "e".into()])
+        );
+        let q = format!("{range}&number=1002&disposition=answered");
+        assert_eq!(ids(&data, &q).await, (1, vec!["a".into()]));
+        // Paging counts every match and answers the page.
+        let q = "from=2026-03-01T10:10:00Z&limit=2&offset=1";
+        assert_eq!(ids(&data, q).await, (5, vec!["b".into(), "c".into()]));
+        let q = "to=2026-03-01T10:20:00.000Z";
+        assert_eq!(ids(&data, q).await, (2, vec!["a".into(), "d".into()]));
+        // An open range answers what no range does.
+        let all = ids(&data, "").await;
+        assert_eq!(all.0, 6);
+        assert_eq!(ids(&data, "from=2000-01-01T00:00:00Z").await, all);
+
+        let (status, text) = body(csv(&data, Some("from=2026-03-01T10:30:00Z"))).await;
+        assert_eq!(status, StatusCode::OK);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[1].starts_with("c,") && lines[2].starts_with("f,"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn csv_fields_and_dispositions() {

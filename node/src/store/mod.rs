@@ -5,6 +5,7 @@
 
 mod access;
 pub mod backup;
+mod cdr_index;
 mod restore;
 mod versions;
 
@@ -14,6 +15,8 @@ use crate::registrar::bindings::Binding;
 use crate::routing::Extension;
 pub use access::{audit, token_by_hash, tokens, ApiToken, AuditEntry, Role, AUDIT_KEPT};
 use access::{CF_AUDIT, CF_TOKENS};
+pub use cdr_index::cdrs_between;
+use cdr_index::CF_CDR_TIME;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 use std::path::Path;
 use std::sync::Mutex;
@@ -26,7 +29,7 @@ const CF_BINDINGS: &str = "bindings";
 const CF_CDRS: &str = "cdrs";
 const CF_CALLS: &str = "calls";
 /// The column families of the node's state.
-pub const CFS: [&str; 9] = [
+pub const CFS: [&str; 10] = [
     CF_META,
     CF_EXTENSIONS,
     CF_BINDINGS,
@@ -36,6 +39,8 @@ pub const CFS: [&str; 9] = [
     CF_TOKENS,
     CF_AUDIT,
     restore::CF_RESTORE,
+    // After the others: a restore stages records by their column family's position.
+    CF_CDR_TIME,
 ];
 const KEY_SEEDED: &[u8] = b"seeded";
 const KEY_NEXT_CDR: &[u8] = b"next_cdr";
@@ -186,6 +191,8 @@ impl Store {
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, base_options()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        // A local store indexes the CDRs an older build wrote before it answers queries.
+        cdr_index::index_older_cdrs(&db)?;
         Store::with_db(db)
     }
 
@@ -375,6 +382,7 @@ pub fn stage(
             .cf_handle(CF_META)
             .ok_or(StoreError::MissingCf(CF_META))?;
         batch.put_cf(meta, KEY_NEXT_CDR, next_cdr.to_be_bytes());
+        cdr_index::stage_progress(db, batch, cmds, cdrs_before)?;
     }
     Ok(outcome)
 }
@@ -442,6 +450,7 @@ fn stage_each(
             }
             Command::AppendCdr(c) => {
                 batch.put_cf(cf(CF_CDRS)?, next_cdr.to_be_bytes(), encode(c));
+                cdr_index::stage_entry(db, batch, *next_cdr, c)?;
                 *next_cdr += 1;
             }
             // The answered record replaces the ringing one whole, so the two commands
