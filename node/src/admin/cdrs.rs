@@ -3,12 +3,9 @@
 
 use super::data::Data;
 use super::query::{paged, Page, Query};
-use super::reply::{field_error, json, Reply};
+use super::reply::{attachment, field_error, json, Reply};
 use crate::calls::cdr::{Cdr, Disposition};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
-use hyper::{Response, StatusCode};
+use hyper::StatusCode;
 
 /// The most rows one CSV export holds.
 const MAX_EXPORT: usize = 100_000;
@@ -178,17 +175,7 @@ pub fn csv(data: &Data, query: Option<&str>) -> Reply {
         out.push_str(&cells.join(","));
         out.push_str("\r\n");
     }
-    let mut r = Response::new(Full::new(Bytes::from(out)));
-    *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    r.headers_mut().insert(
-        CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"cdrs.csv\""),
-    );
-    r
+    attachment(out.into_bytes(), "text/csv; charset=utf-8", "cdrs.csv")
 }
 
 /// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break; a
