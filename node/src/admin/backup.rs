@@ -27,9 +27,11 @@ pub async fn backup(state: &AdminState) -> Reply {
         .and_then(|m| m.applied_index());
     let now = std::time::SystemTime::now();
     let created = crate::calls::cdr::rfc3339(now);
+    let (node_id, stamp) = (state.node_id, created.clone());
     let file = match state
         .data
-        .read(|db| backup::write(db, state.node_id, applied, created.clone()))
+        .read_blocking(move |db| backup::write(db, node_id, applied, stamp))
+        .await
     {
         Ok(f) => f,
         Err(r) => return *r,
@@ -49,10 +51,13 @@ pub async fn backup(state: &AdminState) -> Reply {
 /// `POST /v1/restore` with a backup file as the body: checked whole first, then staged
 /// in chunks through the log and swapped in by one final command, so every member
 /// changes at the same log index and a restore cut off halfway changes nothing.
-pub async fn restore(data: &Data, body: &[u8]) -> Reply {
-    let file = match backup::read(body) {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+pub async fn restore(data: &Data, body: &bytes::Bytes) -> Reply {
+    // Checking up to 512 MiB takes a while: off the runtime's workers.
+    let bytes = body.clone();
+    let file = match tokio::task::spawn_blocking(move || backup::read(&bytes)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let mut raw = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut raw);

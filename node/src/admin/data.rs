@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
 /// Where the admin API finds the node's state.
+#[derive(Clone)]
 pub enum Data {
     /// A standalone node's own store; applied configuration changes go to the SIP
     /// core through `feed`, as a cluster member's state machine sends them.
@@ -57,6 +58,24 @@ impl Data {
                     .map_err(store_failed)
             }
         }
+    }
+
+    /// Like [`Data::read`], on a blocking thread: for reads that take long (a backup),
+    /// so that the runtime's workers keep serving Raft heartbeats meanwhile.
+    pub async fn read_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rocksdb::DB) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Failed> {
+        let data = self.clone();
+        tokio::task::spawn_blocking(move || data.read(f))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "admin: a blocking read failed");
+                Err(Box::new(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the read failed; see the node's log",
+                )))
+            })
     }
 
     /// Waits until this member has applied everything committed when it asked the

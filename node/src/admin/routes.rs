@@ -21,7 +21,7 @@ pub struct Call<'a> {
     /// The query string.
     pub query: Option<&'a str>,
     /// The body.
-    pub body: &'a [u8],
+    pub body: &'a bytes::Bytes,
 }
 
 /// Answers `call`.
