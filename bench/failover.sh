@@ -396,6 +396,11 @@ form_cluster() {
     out="$("$SOFTSWITCH_BIN" --check --config "${NODE_DIR[0]}/node.toml" 2>&1)" \
         || die "the node refuses the config ($out): does this softswitch support [vip]?"
     start_node 0 || return 1
+    # The admin API wants a bearer token: the one the first member wrote (every member
+    # accepts it, tokens are replicated); `ip netns exec` passes the environment on.
+    SWITCHCTL_TOKEN="$(cat "${NODE_DIR[0]}/data/admin-token")" \
+        || { log "n1 wrote no admin token"; return 1; }
+    export SWITCHCTL_TOKEN
     for i in 1 2; do
         write_node_config "$i" false
         token="$(ctl --admin "${NODE_IP[0]}:8060" cluster token 2>>"$SCRATCH/cluster.log")" \

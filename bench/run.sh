@@ -205,6 +205,13 @@ start_sut_cluster3() {
         SUT_PIDS+=("$SS_PID")
         wait_http_ok "127.0.0.1:${SS_ADMIN_PORTS[$i]}" /readyz 60 \
             || { log "cluster3: node $(( i + 1 )) not ready (GET /readyz)"; return 1; }
+        if (( i == 0 )); then
+            # The admin API wants a bearer token: the one node 1 wrote on its first start
+            # (replicated, so every member accepts it).
+            SWITCHCTL_TOKEN="$(cat "$dir/data/admin-token")" \
+                || { log "cluster3: node 1 wrote no admin token"; return 1; }
+            export SWITCHCTL_TOKEN
+        fi
     done
     cluster3_leader || { log "cluster3: not three voters with a known leader"; return 1; }
     log "cluster3: three voters, leader node $CL_LEADER (term $CL_TERM), SIP load to 127.0.0.1:$SUT_PORT"
