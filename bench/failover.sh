@@ -407,7 +407,7 @@ form_cluster() {
             || { log "no join token from n1 (cluster.log)"; return 1; }
         out="$(timeout -k 2 120 ip netns exec "${NODE_NS[$i]}" "$SWITCHCTL_BIN" cluster join "$token" \
             --data-dir "${NODE_DIR[$i]}/data" --raft-addr "${NODE_IP[$i]}:7000" \
-            --admin-addr "${NODE_IP[$i]}:8060" --config "${NODE_DIR[$i]}/node.toml" 2>>"$SCRATCH/cluster.log")" \
+            --admin-addr "${NODE_IP[$i]}:8060" --node-config "${NODE_DIR[$i]}/node.toml" 2>>"$SCRATCH/cluster.log")" \
             || { log "n$(( i + 1 )) could not join (cluster.log)"; return 1; }
         log "join: ${out%%$'\n'*}"
         start_node "$i" || return 1

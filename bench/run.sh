@@ -197,7 +197,7 @@ start_sut_cluster3() {
                 || { log "cluster3: no join token from node 1 (cluster3.log)"; return 1; }
             out="$(timeout 120 "$SWITCHCTL_BIN" cluster join "$token" --data-dir "$dir/data" \
                 --raft-addr "127.0.0.1:${SS_RAFT_PORTS[$i]}" --admin-addr "127.0.0.1:${SS_ADMIN_PORTS[$i]}" \
-                --config "$dir/node.toml" 2>>"$SCRATCH/cluster3.log")" \
+                --node-config "$dir/node.toml" 2>>"$SCRATCH/cluster3.log")" \
                 || { log "cluster3: node $(( i + 1 )) could not join (cluster3.log)"; return 1; }
             log "cluster3: ${out%%$'\n'*}"
         fi

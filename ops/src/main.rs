@@ -296,9 +296,10 @@ struct PlacementArgs {
     /// The node's admin API address (`admin.listen`).
     #[arg(long)]
     admin_addr: String,
-    /// The node's config file, for its Raft timings.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    /// The node's config file (node.toml), for its Raft timings. Not `--config`: that
+    /// names switchctl's own config file, for every subcommand.
+    #[arg(long = "node-config")]
+    node_config: Option<PathBuf>,
 }
 
 impl PlacementArgs {
@@ -307,7 +308,7 @@ impl PlacementArgs {
             data_dir: self.data_dir,
             raft_addr: self.raft_addr,
             admin_addr: self.admin_addr,
-            config: self.config,
+            config: self.node_config,
         }
     }
 }
@@ -558,6 +559,35 @@ fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_takes_the_nodes_config_apart_from_switchctls_own() {
+        let cli = Cli::try_parse_from([
+            "switchctl",
+            "--config",
+            "ctl.toml",
+            "cluster",
+            "join",
+            "TOKEN",
+            "--data-dir",
+            "d",
+            "--raft-addr",
+            "127.0.0.1:7000",
+            "--admin-addr",
+            "127.0.0.1:8060",
+            "--node-config",
+            "node.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("ctl.toml")));
+        let Command::Cluster {
+            action: ClusterAction::Join { placement, .. },
+        } = cli.command
+        else {
+            panic!("not a join: {:?}", cli.command);
+        };
+        assert_eq!(placement.node_config, Some(PathBuf::from("node.toml")));
+    }
 
     #[test]
     fn completion_scripts_name_the_subcommands() {
