@@ -3,17 +3,9 @@
 
 use crate::client::Admin;
 use crate::cluster::Output;
-use crate::table::columns;
+use crate::table::{columns, print};
 use hyper::Method;
 use serde_json::{json, Value};
-
-fn print(output: Output, v: &Value, table: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
-        Output::Table => print!("{}", table(v)),
-    }
-    Ok(())
-}
 
 fn list_of(v: &Value, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()

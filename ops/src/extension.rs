@@ -4,7 +4,7 @@
 
 use crate::client::Admin;
 use crate::cluster::Output;
-use crate::table::columns;
+use crate::table::{columns, print};
 use hyper::Method;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
@@ -43,14 +43,6 @@ impl Fields {
         }
         m
     }
-}
-
-fn print(output: Output, v: &Value, table: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
-        Output::Table => print!("{}", table(v)),
-    }
-    Ok(())
 }
 
 fn extension_rows(items: &[Value]) -> String {

@@ -3,18 +3,10 @@
 
 use crate::client::Admin;
 use crate::cluster::Output;
-use crate::table::columns;
+use crate::table::{columns, print};
 use crate::{path_segment, query_value};
 use hyper::Method;
 use serde_json::Value;
-
-fn print(output: Output, v: &Value, table: impl FnOnce(&Value) -> String) -> anyhow::Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
-        Output::Table => print!("{}", table(v)),
-    }
-    Ok(())
-}
 
 /// Paging and filters shared by the list commands.
 #[derive(clap::Args, Debug, Default)]

@@ -35,3 +35,16 @@ pub fn columns(header: &[&str], keys: &[&str], items: &[Value]) -> String {
     }
     out
 }
+
+/// Prints `v` as pretty JSON, or as the table `table` renders of it.
+pub fn print(
+    output: crate::cluster::Output,
+    v: &Value,
+    table: impl FnOnce(&Value) -> String,
+) -> anyhow::Result<()> {
+    match output {
+        crate::cluster::Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        crate::cluster::Output::Table => print!("{}", table(v)),
+    }
+    Ok(())
+}

@@ -183,6 +183,24 @@ pub fn run_bounded(
     Ok((st, read_lossy(&out_p), read_lossy(&err_p)))
 }
 
+/// `switchctl --admin ADMIN ARGS` with the bearer `token`, HOME set to `work` (so no
+/// user config file is read), bounded by 60 s: (exit code, or -1; stdout; stderr).
+pub fn switchctl_as(
+    admin: SocketAddr,
+    token: &str,
+    work: &Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut c = Command::new(switchctl_bin());
+    c.args(["--admin", &admin.to_string()])
+        .args(args)
+        .env("SWITCHCTL_TOKEN", token)
+        .env("HOME", work);
+    let (st, out, err) =
+        run_bounded(&mut c, work, "switchctl", Duration::from_secs(60)).expect("switchctl runs");
+    (st.and_then(|s| s.code()).unwrap_or(-1), out, err)
+}
+
 pub fn read_lossy(p: &Path) -> String {
     std::fs::read(p)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -804,6 +822,16 @@ impl Sipp {
     /// `-key NAME VALUE` (scenario keyword `[NAME]`).
     pub fn key(self, k: &str, v: &str) -> Self {
         self.args(["-key", k, v])
+    }
+
+    /// A call to `dialled` through `proxy` (also the remote address) as extension
+    /// `caller` with its test password `pw<caller>` (digest), the scenario's `[caller]`
+    /// keyword set.
+    pub fn dialling(self, proxy: &str, dialled: &str, caller: &str) -> Self {
+        self.remote(proxy)
+            .args(["-rsa", proxy, "-s", dialled, "-au", caller, "-ap"])
+            .arg(format!("pw{caller}"))
+            .key("caller", caller)
     }
 
     fn command(&self) -> Command {

@@ -2,7 +2,6 @@
 //! on first start, roles (a read-only token refused a change), the audit log, CDR
 //! query and CSV export after a SIPp call, hanging a call up, and unregistering.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tests::*;
 
@@ -20,14 +19,7 @@ fn api(node: &Node, token: &str, method: &str, path: &str, body: &str) -> (u16, 
 
 /// `switchctl --admin ... ARGS` with `token`; (exit code, stdout, stderr).
 fn ctl(node: &Node, token: &str, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(switchctl_bin());
-    c.args(["--admin", &node.admin.to_string()])
-        .args(args)
-        .env("SWITCHCTL_TOKEN", token)
-        .env("HOME", &node.dir);
-    let (st, out, err) = run_bounded(&mut c, &node.dir, "switchctl", Duration::from_secs(30))
-        .expect("switchctl runs");
-    (st.and_then(|s| s.code()).unwrap_or(-1), out, err)
+    switchctl_as(node.admin, token, &node.dir, args)
 }
 
 #[test]
@@ -127,19 +119,8 @@ fn tokens_roles_audit_cdrs_hangup_and_unregister() {
     assert!(uas.wait_bound(callee_port, Duration::from_secs(5)));
     let addr = node.addr.to_string();
     let uac = Sipp::new("uac-wait-bye", scenario("uac-wait-bye.xml"))
-        .remote(&addr)
+        .dialling(&addr, CALLEE, CALLER)
         .local_port(caller_port)
-        .args([
-            "-rsa",
-            &addr,
-            "-s",
-            CALLEE,
-            "-au",
-            CALLER,
-            "-ap",
-            &format!("pw{CALLER}"),
-        ])
-        .key("caller", CALLER)
         .timeout_s(30)
         .spawn()
         .unwrap();

@@ -4,8 +4,6 @@
 //! named; `--keep-unlisted` keeps what the file leaves out.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 use tests::*;
 
 fn example() -> PathBuf {
@@ -14,14 +12,7 @@ fn example() -> PathBuf {
 
 /// `switchctl --admin ... ARGS`; (exit code, stdout, stderr).
 fn ctl(node: &Node, token: &str, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(switchctl_bin());
-    c.args(["--admin", &node.admin.to_string()])
-        .args(args)
-        .env("SWITCHCTL_TOKEN", token)
-        .env("HOME", &node.dir);
-    let (st, out, err) = run_bounded(&mut c, &node.dir, "switchctl", Duration::from_secs(30))
-        .expect("switchctl runs");
-    (st.and_then(|s| s.code()).unwrap_or(-1), out, err)
+    switchctl_as(node.admin, token, &node.dir, args)
 }
 
 /// The extensions as `extension list --output json` shows them: (number, name, version).

@@ -10,23 +10,6 @@ use tests::cluster::{form_cluster, register_from_gateway};
 use tests::netns::Lab;
 use tests::*;
 
-/// `switchctl --admin ADMIN ARGS` with `token`; (exit code, stdout, stderr).
-fn ctl(
-    admin: std::net::SocketAddr,
-    token: &str,
-    work: &Path,
-    args: &[&str],
-) -> (i32, String, String) {
-    let mut c = Command::new(switchctl_bin());
-    c.args(["--admin", &admin.to_string()])
-        .args(args)
-        .env("SWITCHCTL_TOKEN", token)
-        .env("HOME", work);
-    let (st, out, err) =
-        run_bounded(&mut c, work, "switchctl", Duration::from_secs(60)).expect("switchctl runs");
-    (st.and_then(|s| s.code()).unwrap_or(-1), out, err)
-}
-
 /// What `switchctl <what> list --data-dir` prints of a member's replicated state, one
 /// JSON document per line (extensions with their passwords, CDRs whole).
 fn offline(member: &Node, what: &str, work: &Path) -> Vec<String> {
@@ -62,11 +45,9 @@ fn refused_call(lab: &Lab, member: &Node, dialled: &str, code: u16) {
     std::fs::write(&scn, text).unwrap();
     let addr = member.addr.to_string();
     let r = Sipp::new("uac", &scn)
-        .remote(&addr)
+        .dialling(&addr, dialled, "1001")
         .local_ip(lab.gateway)
         .local_port(free_port())
-        .args(["-rsa", &addr, "-s", dialled, "-au", "1001", "-ap", "pw1001"])
-        .key("caller", "1001")
         .timeout_s(30)
         .run()
         .unwrap();
@@ -83,7 +64,7 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     let lab_a = Lab::create(3).expect("lab");
     let old = form_cluster(&lab_a, 3, work, NodeOpts::default());
     let token_a = old[0].admin_token().expect("admin token");
-    let (code, _, err) = ctl(
+    let (code, _, err) = switchctl_as(
         old[1].admin,
         &token_a,
         work,
@@ -98,7 +79,7 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = ctl(
+    let (code, _, err) = switchctl_as(
         old[2].admin,
         &token_a,
         work,
@@ -114,7 +95,7 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     });
 
     // Only an admin may take a backup (it holds the passwords).
-    let (code, out, err) = ctl(
+    let (code, out, err) = switchctl_as(
         old[0].admin,
         &token_a,
         work,
@@ -123,7 +104,7 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     assert_eq!(code, 0, "{err}");
     let viewer = out.trim().to_string();
     let file = work.join("cluster.backup");
-    let (code, _, err) = ctl(
+    let (code, _, err) = switchctl_as(
         old[2].admin,
         &viewer,
         work,
@@ -133,7 +114,7 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     assert!(!file.exists());
 
     // The backup, taken through a follower.
-    let (code, out, err) = ctl(
+    let (code, out, err) = switchctl_as(
         old[2].admin,
         &token_a,
         work,
@@ -174,7 +155,7 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     let work_b = tempfile::tempdir().unwrap();
     let new = form_cluster(&lab_b, 3, work_b.path(), opts);
     let token_b = new[0].admin_token().expect("admin token");
-    let (code, _, err) = ctl(
+    let (code, _, err) = switchctl_as(
         new[1].admin,
         &token_b,
         work,
@@ -185,7 +166,7 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     assert_eq!(offline(&new[1], "extensions", work).len(), 1);
 
     // Restored through a follower; every member has the old cluster's state.
-    let (code, out, err) = ctl(
+    let (code, out, err) = switchctl_as(
         new[1].admin,
         &token_b,
         work,
@@ -207,7 +188,8 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     assert!(!r.ok(), "4001 is gone after the restore");
 
     // The new cluster's own token still works, and the restore is in its audit log.
-    let (code, out, err) = ctl(new[0].admin, &token_b, work, &["--output", "json", "audit"]);
+    let (code, out, err) =
+        switchctl_as(new[0].admin, &token_b, work, &["--output", "json", "audit"]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).expect("JSON audit");
     let entries = v["entries"].as_array().cloned().unwrap_or_default();

@@ -48,21 +48,9 @@ fn uas(s: &Setup, scn: &str, pause_ms: u32) -> SippProc {
 fn uac(s: &Setup, scn: &std::path::Path, dialled: &str, pause_ms: u32) -> SippResult {
     let addr = s.node.addr.to_string();
     Sipp::new("uac", scn)
-        .remote(&addr)
+        .dialling(&addr, dialled, CALLER)
         .local_port(s.caller_port)
-        .args([
-            "-rsa",
-            &addr,
-            "-s",
-            dialled,
-            "-au",
-            CALLER,
-            "-ap",
-            &format!("pw{CALLER}"),
-            "-d",
-            &pause_ms.to_string(),
-        ])
-        .key("caller", CALLER)
+        .args(["-d", &pause_ms.to_string()])
         .timeout_s(30)
         .run()
         .unwrap()
@@ -350,22 +338,9 @@ fn sequential_calls_do_not_exhaust_max_calls() {
     );
     // one call every 2 s, each held 300 ms: at most one live call at any time
     let r = Sipp::new("uac-seq", scenario("uac-call.xml"))
-        .remote(&addr)
+        .dialling(&addr, CALLEE, CALLER)
         .local_port(s.caller_port)
-        .args([
-            "-rsa",
-            &addr,
-            "-s",
-            CALLEE,
-            "-au",
-            CALLER,
-            "-ap",
-            &format!("pw{CALLER}"),
-            "-d",
-            "300",
-        ])
-        .args(["-r", "1", "-rp", "2000", "-l", "1"])
-        .key("caller", CALLER)
+        .args(["-d", "300", "-r", "1", "-rp", "2000", "-l", "1"])
         .calls(4)
         .timeout_s(25)
         .run()

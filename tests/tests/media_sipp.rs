@@ -107,13 +107,10 @@ fn sipp_agents_playing_g711_talk_through_the_relay() {
     let addr = node.addr.to_string();
     // The caller hangs up 8 s after the answer: the 7.05 s stream has been played.
     let uac = Sipp::new("uac-pcap", &uac_scn)
-        .remote(&addr)
+        .dialling(&addr, CALLEE, CALLER)
         .local_port(caller_port)
-        .args(["-rsa", &addr, "-s", CALLEE, "-au", CALLER, "-ap"])
-        .arg(format!("pw{CALLER}"))
         .args(["-d", "8000", "-mi", "127.0.0.1"])
         .args(["-mp", &caller_media.to_string()])
-        .key("caller", CALLER)
         .timeout_s(30)
         .run()
         .unwrap();

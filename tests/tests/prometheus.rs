@@ -406,22 +406,10 @@ fn prometheus_finds_the_call_counters_of_sipp_calls_through_a_member() {
     }
     let addr = through.addr.to_string();
     let uac = Sipp::new("uac-call", scenario("uac-call.xml"))
-        .remote(&addr)
+        .dialling(&addr, CALLEE, CALLER)
         .local_ip(lab.gateway)
         .local_port(caller_port)
-        .args([
-            "-rsa",
-            &addr,
-            "-s",
-            CALLEE,
-            "-au",
-            CALLER,
-            "-ap",
-            &format!("pw{CALLER}"),
-            "-d",
-            &HOLD_MS.to_string(),
-        ])
-        .key("caller", CALLER)
+        .args(["-d", &HOLD_MS.to_string()])
         .calls(CALLS)
         .timeout_s(60)
         .run()

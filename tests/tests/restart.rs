@@ -32,10 +32,8 @@ fn restart_keeps_store_extensions_and_cdrs() {
     .unwrap();
     let addr = n.addr.to_string();
     let r = Sipp::new("uac-404", &scn)
-        .remote(&addr)
+        .dialling(&addr, "5999", "1001")
         .local_port(free_port())
-        .args(["-rsa", &addr, "-s", "5999", "-au", "1001", "-ap", "pw1001"])
-        .key("caller", "1001")
         .run()
         .unwrap();
     assert!(r.ok(), "404 call: {}", r.describe());

@@ -250,24 +250,13 @@ fn handle<'a>(db: &'a DB, cf: &'static str) -> Result<&'a rocksdb::ColumnFamily,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calls::cdr::Disposition;
     use crate::store::{cdrs, Store, CFS};
 
     fn cdr(id: &str, start: &str) -> Cdr {
         Cdr {
-            call_id: id.into(),
-            caller: "1001".into(),
-            callee: "1002".into(),
             start: start.into(),
-            answer: None,
             end: start.into(),
-            duration: 0,
-            billsec: 0,
-            disposition: Disposition::Failed,
-            hangup_cause: "unallocated_number".into(),
-            sip_status: 404,
-            hangup_by: None,
-            media: None,
+            ..crate::store::tests::cdr(id)
         }
     }
 

@@ -585,7 +585,8 @@ mod tests {
     use super::*;
     use crate::calls::cdr::{Cdr, Disposition};
 
-    fn cdr(id: &str) -> Cdr {
+    /// A failed call's CDR, for the store's tests.
+    pub(super) fn cdr(id: &str) -> Cdr {
         Cdr {
             call_id: id.into(),
             caller: "1001".into(),
@@ -603,7 +604,8 @@ mod tests {
         }
     }
 
-    fn ext(number: &str, password: &str) -> crate::routing::Extension {
+    /// An extension, for the store's tests.
+    pub(super) fn ext(number: &str, password: &str) -> crate::routing::Extension {
         crate::routing::Extension {
             number: number.into(),
             name: "A".into(),

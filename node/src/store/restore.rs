@@ -205,38 +205,18 @@ fn version(v: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calls::cdr::{Cdr, Disposition};
     use crate::registrar::bindings::Binding;
     use crate::sip::{Peer, Transport};
     use crate::store::{backup, Role, Store};
 
     fn ext(number: &str, name: &str) -> crate::routing::Extension {
         crate::routing::Extension {
-            number: number.into(),
             name: name.into(),
-            password: "secret1".into(),
-            max_contacts: None,
-            trusted_ips: vec![],
+            ..crate::store::tests::ext(number, "secret1")
         }
     }
 
-    fn cdr(id: &str) -> Cdr {
-        Cdr {
-            call_id: id.into(),
-            caller: "2001".into(),
-            callee: "2002".into(),
-            start: "2026-01-01T00:00:00.000Z".into(),
-            answer: None,
-            end: "2026-01-01T00:00:01.000Z".into(),
-            duration: 1,
-            billsec: 0,
-            disposition: Disposition::Failed,
-            hangup_cause: "no_answer".into(),
-            sip_status: 480,
-            hangup_by: None,
-            media: None,
-        }
-    }
+    use crate::store::tests::cdr;
 
     fn put(number: &str, name: &str) -> Command {
         Command::PutExtension {
