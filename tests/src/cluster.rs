@@ -179,8 +179,7 @@ pub fn register_from_gateway(
         .remote(member.addr)
         .local_ip(lab.gateway)
         .local_port(crate::free_port())
-        .args(["-s", user, "-au", user, "-ap", &format!("pw{user}")])
-        .key("expires", "3600")
+        .registering(user)
         .run()
         .expect("sipp runs")
 }

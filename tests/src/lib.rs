@@ -824,6 +824,14 @@ impl Sipp {
         self.args(["-key", k, v])
     }
 
+    /// A REGISTER (register.xml) of extension `user` with its test password `pw<user>`
+    /// (digest), for an hour.
+    pub fn registering(self, user: &str) -> Self {
+        self.args(["-s", user, "-au", user, "-ap"])
+            .arg(format!("pw{user}"))
+            .key("expires", "3600")
+    }
+
     /// A call to `dialled` through `proxy` (also the remote address) as extension
     /// `caller` with its test password `pw<caller>` (digest), the scenario's `[caller]`
     /// keyword set.
@@ -951,8 +959,7 @@ pub fn sipp_register(node: &Node, number: &str, port: u16) {
     let r = Sipp::new(&format!("register-{number}"), scenario("register.xml"))
         .remote(node.addr)
         .local_port(port)
-        .args(["-s", number, "-au", number, "-ap", &format!("pw{number}")])
-        .key("expires", "3600")
+        .registering(number)
         .run()
         .expect("sipp");
     assert!(r.ok(), "registration of {number} failed\n{}", r.describe());
@@ -961,18 +968,33 @@ pub fn sipp_register(node: &Node, number: &str, port: u16) {
 /// True when some UDP socket is bound to 127.0.0.1:`port` or 0.0.0.0:`port` (read from
 /// /proc/net/udp, so probing never races the process that is about to bind it).
 pub fn udp_port_bound(port: u16) -> bool {
+    udp_bound_on(std::net::Ipv4Addr::LOCALHOST, port)
+}
+
+/// True when a UDP socket in this namespace is bound to `ip:port`, or to every address
+/// on `port` (read from /proc/net/udp).
+pub fn udp_bound_on(ip: std::net::Ipv4Addr, port: u16) -> bool {
+    // /proc/net/udp spells the address as the 32-bit word in host (little-endian) order.
+    let [a, b, c, d] = ip.octets();
     let wanted = [
-        format!("0100007F:{port:04X}"),
+        format!("{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"),
         format!("00000000:{port:04X}"),
     ];
-    std::fs::read_to_string("/proc/net/udp")
-        .map(|t| {
-            t.lines()
-                .skip(1)
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .any(|local| wanted.iter().any(|w| w == local))
-        })
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|local| wanted.iter().any(|w| w == local))
+    })
+}
+
+/// Polls `check` every 50 ms until it holds; fails naming `what` after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 // ---------------------------------------------------------------------------------------

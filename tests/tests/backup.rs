@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tests::cluster::{form_cluster, register_from_gateway};
 use tests::netns::Lab;
 use tests::*;
@@ -24,15 +24,6 @@ fn offline(member: &Node, what: &str, work: &Path) -> Vec<String> {
         run_bounded(&mut c, work, "switchctl", Duration::from_secs(30)).expect("switchctl runs");
     assert!(st.is_some_and(|s| s.success()), "{what} list: {err}");
     out.lines().map(str::to_owned).collect()
-}
-
-/// Waits until `check` holds, up to 30 s.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A call from 1001 to `dialled`, refused with `code`, through `member`: one CDR.
@@ -90,9 +81,11 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     assert!(r.ok(), "REGISTER 1001: {}", r.describe());
     refused_call(&lab_a, &old[0], "5999", 404);
     refused_call(&lab_a, &old[0], "1003", 480);
-    eventually("two CDRs on the last member", || {
-        offline(&old[2], "cdr", work).len() == 2
-    });
+    eventually(
+        Duration::from_secs(30),
+        "two CDRs on the last member",
+        || offline(&old[2], "cdr", work).len() == 2,
+    );
 
     // Only an admin may take a backup (it holds the passwords).
     let (code, out, err) = switchctl_as(
@@ -175,9 +168,11 @@ fn a_backup_restored_into_a_new_cluster_has_the_same_extensions_and_cdrs() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("restored"), "{out}");
     for (i, m) in new.iter().enumerate() {
-        eventually(&format!("member {i} restored"), || {
-            offline(m, "extensions", work) == extensions && offline(m, "cdr", work) == cdrs
-        });
+        eventually(
+            Duration::from_secs(30),
+            &format!("member {i} restored"),
+            || offline(m, "extensions", work) == extensions && offline(m, "cdr", work) == cdrs,
+        );
     }
 
     // The SIP core took the restored extensions: 3100 registers with its password,

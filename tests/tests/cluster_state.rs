@@ -9,16 +9,7 @@ use tests::cluster::{
     bindings, form_cluster, join_member, ok, register_from_gateway, status, switchctl,
 };
 use tests::netns::Lab;
-use tests::{run_bounded, scenario, Ext, NodeOpts, Sipp, Value};
-
-/// Polls `check` every 200 ms until it holds, failing with `what` after `limit`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use tests::{eventually, run_bounded, scenario, Ext, NodeOpts, Sipp, Value};
 
 #[test]
 fn extension_created_on_one_member_is_served_by_the_others() {

@@ -10,13 +10,16 @@
 //! by at least what the calls carried; the active calls and relay sessions seen during
 //! the calls; and both gauges back at 0 after.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tests::cluster::{form_cluster, register_from_gateway, status};
 use tests::netns::Lab;
-use tests::{free_port, http_get, run_bounded, scenario, stop_child, Node, NodeOpts, Sipp, Value};
+use tests::{
+    eventually, free_port, http_get, run_bounded, scenario, stop_child, udp_bound_on, Node,
+    NodeOpts, Sipp, Value,
+};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -97,15 +100,6 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// Polls `check` every 250 ms until it holds, failing with `what` after `limit`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// `promtool check metrics` on a `/metrics` body.
@@ -230,22 +224,6 @@ const CALLS: u32 = 3;
 /// How long each call is held (SIPp `-d`, ms): several scrapes see it in progress.
 const HOLD_MS: u32 = 3000;
 
-/// True when a UDP socket in this namespace is bound to `ip:port` (or to every address).
-fn udp_bound(ip: Ipv4Addr, port: u16) -> bool {
-    // /proc/net/udp spells the address as the 32-bit word in host (little-endian) order.
-    let [a, b, c, d] = ip.octets();
-    let wanted = [
-        format!("{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"),
-        format!("00000000:{port:04X}"),
-    ];
-    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
-        t.lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .any(|local| wanted.iter().any(|w| w == local))
-    })
-}
-
 /// Registers `user` (password `pw<user>`) with `member` from the test's own namespace,
 /// bound to the bridge address and `port`, where a SIPp agent then answers for it.
 fn register_at(lab: &Lab, member: &Node, user: &str, port: u16) {
@@ -253,8 +231,7 @@ fn register_at(lab: &Lab, member: &Node, user: &str, port: u16) {
         .remote(member.addr)
         .local_ip(lab.gateway)
         .local_port(port)
-        .args(["-s", user, "-au", user, "-ap", &format!("pw{user}")])
-        .key("expires", "3600")
+        .registering(user)
         .run()
         .expect("sipp runs");
     assert!(r.ok(), "REGISTER {user}\n{}", r.describe());
@@ -400,7 +377,7 @@ fn prometheus_finds_the_call_counters_of_sipp_calls_through_a_member() {
         .spawn()
         .expect("sipp runs");
     let bound = Instant::now() + Duration::from_secs(5);
-    while !udp_bound(lab.gateway, callee_port) {
+    while !udp_bound_on(lab.gateway, callee_port) {
         assert!(Instant::now() < bound, "the UAS did not bind {callee_port}");
         std::thread::sleep(Duration::from_millis(50));
     }

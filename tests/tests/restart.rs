@@ -8,8 +8,7 @@ fn register(node: &Node, number: &str) -> SippResult {
     Sipp::new(&format!("register-{number}"), scenario("register.xml"))
         .remote(node.addr)
         .local_port(free_port())
-        .args(["-s", number, "-au", number, "-ap", &format!("pw{number}")])
-        .key("expires", "3600")
+        .registering(number)
         .run()
         .unwrap()
 }

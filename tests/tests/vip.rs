@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tests::cluster::{form_cluster, ok, status, switchctl};
 use tests::netns::Lab;
 use tests::phone::{answer, answer_bye, invite, media_of, rtp, sdp, with_body, Phone};
-use tests::{header, run_bounded, scenario, status_code, token, Ext, Node, NodeOpts, Sipp};
+use tests::{
+    eventually, header, run_bounded, scenario, status_code, token, Ext, Node, NodeOpts, Sipp,
+};
 
 /// The lab host the phones live on.
 const CLIENT: usize = 3;
@@ -28,15 +30,6 @@ struct VipCluster {
     down: Vec<bool>,
     vip: SocketAddr,
     work: tempfile::TempDir,
-}
-
-/// Polls `check` every 50 ms until it holds, failing with `what` after `limit`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 impl VipCluster {
@@ -141,8 +134,7 @@ impl VipCluster {
             .local_ip(self.lab.ip(CLIENT))
             .local_port(port)
             .remote(self.vip)
-            .args(["-s", number, "-au", number, "-ap", &format!("pw{number}")])
-            .key("expires", "3600")
+            .registering(number)
             .run()
             .expect("sipp runs");
         assert!(
