@@ -65,7 +65,9 @@ pub async fn restore(data: &Data, body: &bytes::Bytes) -> Reply {
     if let Err(r) = data.write(Command::RestoreBegin { id: id.clone() }).await {
         return *r;
     }
-    for records in chunks(file.records.clone()) {
+    let (header, records) = (file.header, file.records);
+    let total = records.len() as u64;
+    for records in chunks(records) {
         let cmd = Command::RestoreChunk {
             id: id.clone(),
             records,
@@ -76,17 +78,14 @@ pub async fn restore(data: &Data, body: &bytes::Bytes) -> Reply {
             Err(r) => return *r,
         }
     }
-    let commit = Command::RestoreCommit {
-        id,
-        records: file.records.len() as u64,
-    };
+    let commit = Command::RestoreCommit { id, records: total };
     match data.write(commit).await {
         Ok(Outcome::Conflict { .. }) => superseded(),
         Ok(_) => json(
             StatusCode::OK,
             serde_json::json!({
-                "restored": file.header.counts,
-                "backup": file.header,
+                "restored": header.counts,
+                "backup": header,
             }),
         ),
         Err(r) => *r,

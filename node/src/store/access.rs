@@ -2,7 +2,7 @@
 //! hashes are stored, so a copy of the state does not hand out access) and the audit
 //! log of changes made through the API, both replicated like the rest of the state.
 
-use super::{decode, encode, StoreError};
+use super::{be_u64, decode, encode, handle, StoreError};
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
@@ -140,8 +140,8 @@ pub(super) fn append_audit(
 fn next_audit_number(db: &DB) -> Result<u64, StoreError> {
     Ok(db
         .get_cf(handle(db, super::CF_META)?, KEY_NEXT_AUDIT)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(1, u64::from_be_bytes))
+        .and_then(|v| be_u64(&v))
+        .unwrap_or(1))
 }
 
 /// Every token, by name.
@@ -179,8 +179,4 @@ pub fn audit(
         }
     }
     Ok(out)
-}
-
-fn handle<'a>(db: &'a DB, cf: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
-    db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))
 }

@@ -11,7 +11,7 @@
 //! ```
 //! The digest makes a truncated or altered file fail before anything is restored.
 
-use super::{restore::CF_RESTORE, StoreError, CFS, CF_CALLS};
+use super::{handle, restore::CF_RESTORE, StoreError, CFS, CF_CALLS};
 use rocksdb::{IteratorMode, DB};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -104,9 +104,8 @@ pub fn write(
     let mut counts = BTreeMap::new();
     let mut total = 0u64;
     for cf in backed_up() {
-        let handle = db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))?;
         let mut n = 0u64;
-        for item in view.iterator_cf(handle, IteratorMode::Start) {
+        for item in view.iterator_cf(handle(db, cf)?, IteratorMode::Start) {
             let (k, v) = item?;
             body.push(TAG_RECORD);
             put_field(&mut body, cf.as_bytes(), 1);

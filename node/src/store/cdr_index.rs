@@ -28,7 +28,7 @@
 //! A backup holds the index and the key with the CDRs, and a restore swaps all three in
 //! together; a backup from an older build has neither, and is then read as above.
 
-use super::{decode, Command, StoreError, CF_CDRS, CF_META};
+use super::{be_u64, decode, handle, Command, StoreError, CF_CDRS, CF_META};
 use crate::calls::cdr::Cdr;
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
@@ -62,20 +62,19 @@ fn bound(t: &str) -> Vec<u8> {
 /// The sequence number at the end of an index key.
 fn seq_of_key(k: &[u8]) -> Option<u64> {
     let tail = k.len().checked_sub(8).map(|at| &k[at..])?;
-    <[u8; 8]>::try_from(tail).ok().map(u64::from_be_bytes)
+    be_u64(tail)
 }
 
 /// The sequence number a CDR is stored under.
 fn seq_of_cdr_key(k: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
+    be_u64(k)
 }
 
 /// The stored [`KEY_INDEXED_FROM`]; `None` when absent (or not 8 bytes).
 fn indexed_from(db: &DB) -> Result<Option<u64>, StoreError> {
     Ok(db
         .get_cf(handle(db, CF_META)?, KEY_INDEXED_FROM)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map(u64::from_be_bytes))
+        .and_then(|v| be_u64(&v)))
 }
 
 /// Stages the index entry of CDR `seq` (itself staged in the same batch).
@@ -241,10 +240,6 @@ pub fn cdrs_between(db: &DB, from: Option<&str>, to: Option<&str>) -> Result<Vec
         }
     }
     Ok(out)
-}
-
-fn handle<'a>(db: &'a DB, cf: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
-    db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))
 }
 
 #[cfg(test)]

@@ -280,9 +280,7 @@ impl Store {
 
 /// True once the PBX seed has been loaded.
 pub fn is_seeded(db: &DB) -> Result<bool, StoreError> {
-    let meta = db
-        .cf_handle(CF_META)
-        .ok_or(StoreError::MissingCf(CF_META))?;
+    let meta = handle(db, CF_META)?;
     Ok(db.get_cf(meta, KEY_SEEDED)?.is_some())
 }
 
@@ -304,9 +302,7 @@ pub fn versioned_extensions(db: &DB) -> Result<Vec<(Extension, u64)>, StoreError
 
 /// One extension with its version.
 pub fn extension(db: &DB, number: &str) -> Result<Option<(Extension, u64)>, StoreError> {
-    let cf = db
-        .cf_handle(CF_EXTENSIONS)
-        .ok_or(StoreError::MissingCf(CF_EXTENSIONS))?;
+    let cf = handle(db, CF_EXTENSIONS)?;
     let Some(raw) = db.get_pinned_cf(cf, number)? else {
         return Ok(None);
     };
@@ -338,9 +334,8 @@ fn scan<T: serde::de::DeserializeOwned, R>(
     cf: &'static str,
     f: impl Fn(&[u8], T) -> Result<R, StoreError>,
 ) -> Result<Vec<R>, StoreError> {
-    let handle = db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))?;
     let mut out = Vec::new();
-    for item in db.iterator_cf(handle, IteratorMode::Start) {
+    for item in db.iterator_cf(handle(db, cf)?, IteratorMode::Start) {
         let (k, v) = item?;
         out.push(f(&k, decode(cf, &v)?)?);
     }
@@ -378,9 +373,7 @@ pub fn stage(
     };
     let outcome = stage_each(db, batch, cmds, next_cdr, &mut st)?;
     if *next_cdr != cdrs_before {
-        let meta = db
-            .cf_handle(CF_META)
-            .ok_or(StoreError::MissingCf(CF_META))?;
+        let meta = handle(db, CF_META)?;
         batch.put_cf(meta, KEY_NEXT_CDR, next_cdr.to_be_bytes());
         cdr_index::stage_progress(db, batch, cmds, cdrs_before)?;
     }
@@ -402,7 +395,7 @@ fn stage_each(
     next_cdr: &mut u64,
     st: &mut Staging<'_>,
 ) -> Result<Outcome, StoreError> {
-    let cf = |name: &'static str| db.cf_handle(name).ok_or(StoreError::MissingCf(name));
+    let cf = |name: &'static str| handle(db, name);
     let mut outcome = Outcome::Done;
     for cmd in cmds {
         outcome = Outcome::Done;
@@ -549,21 +542,26 @@ fn first_conflict(
 /// The number the next CDR gets in `db`: the stored counter, or for a store written
 /// before the counter existed, one past the last CDR key.
 pub fn next_cdr_number(db: &DB) -> Result<u64, StoreError> {
-    let meta = db
-        .cf_handle(CF_META)
-        .ok_or(StoreError::MissingCf(CF_META))?;
-    if let Some(v) = db.get_cf(meta, KEY_NEXT_CDR)? {
-        if let Ok(b) = <[u8; 8]>::try_from(v.as_slice()) {
-            return Ok(u64::from_be_bytes(b));
-        }
+    let meta = handle(db, CF_META)?;
+    if let Some(n) = db.get_cf(meta, KEY_NEXT_CDR)?.and_then(|v| be_u64(&v)) {
+        return Ok(n);
     }
-    let cdrs = db
-        .cf_handle(CF_CDRS)
-        .ok_or(StoreError::MissingCf(CF_CDRS))?;
+    let cdrs = handle(db, CF_CDRS)?;
     Ok(match db.iterator_cf(cdrs, IteratorMode::End).next() {
-        Some(Ok((k, _))) => <[u8; 8]>::try_from(&*k).map_or(1, |b| u64::from_be_bytes(b) + 1),
+        Some(Ok((k, _))) => be_u64(&k).map_or(1, |n| n + 1),
         _ => 1,
     })
+}
+
+/// A column family of `db`, or the error naming it.
+fn handle<'a>(db: &'a DB, cf: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))
+}
+
+/// A big-endian u64 value or key (counters, versions, CDR numbers); `None` if it is not
+/// 8 bytes.
+fn be_u64(v: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(v).ok().map(u64::from_be_bytes)
 }
 
 /// Options shared by every open of the store. Debian's librocksdb is built without

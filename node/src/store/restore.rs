@@ -12,8 +12,8 @@
 
 use super::backup::Record;
 use super::{
-    decode, StoreError, CFS, CF_BINDINGS, CF_CALLS, CF_CDRS, CF_EXTENSIONS, CF_META, CF_TOKENS,
-    CF_VERSIONS, KEY_NEXT_CDR,
+    be_u64, decode, handle, StoreError, CFS, CF_BINDINGS, CF_CALLS, CF_CDRS, CF_EXTENSIONS,
+    CF_META, CF_TOKENS, CF_VERSIONS, KEY_NEXT_CDR,
 };
 use super::{Command, Expect, Outcome};
 use rocksdb::{IteratorMode, WriteBatch, DB};
@@ -26,10 +26,6 @@ const KEY_ID: &[u8] = &[BOOKKEEPING, b'i'];
 const KEY_COUNT: &[u8] = &[BOOKKEEPING, b'n'];
 /// Above every staged key and the bookkeeping: the end of a whole-range delete.
 const END: &[u8] = &[BOOKKEEPING, BOOKKEEPING];
-
-fn handle<'a>(db: &'a DB, cf: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
-    db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))
-}
 
 /// The refusal of a chunk or commit that belongs to another (or no) restore.
 fn not_this_restore() -> Outcome {
@@ -56,8 +52,8 @@ fn progress(db: &DB) -> Result<Option<(String, u64)>, StoreError> {
     };
     let count = db
         .get_cf(cf, KEY_COUNT)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_be_bytes);
+        .and_then(|v| be_u64(&v))
+        .unwrap_or(0);
     Ok(Some((String::from_utf8_lossy(&id).into_owned(), count)))
 }
 
@@ -199,7 +195,7 @@ pub(super) fn commit(
 
 /// A big-endian u64 (versions, CDR numbers, counters); 0 if it is not one.
 fn version(v: &[u8]) -> u64 {
-    <[u8; 8]>::try_from(v).map_or(0, u64::from_be_bytes)
+    be_u64(v).unwrap_or(0)
 }
 
 #[cfg(test)]

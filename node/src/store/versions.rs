@@ -2,7 +2,7 @@
 //! conflict instead of one silently overwriting the other: every write names the
 //! version it was based on, and a write based on an outdated version is refused.
 
-use super::StoreError;
+use super::{be_u64, handle, StoreError};
 use rocksdb::{WriteBatch, DB};
 use std::collections::HashMap;
 
@@ -101,14 +101,9 @@ fn version_key(cf: &str, id: &str) -> Vec<u8> {
 fn stored_version(db: &DB, key: &[u8]) -> Result<Option<u64>, StoreError> {
     Ok(db
         .get_cf(handle(db, CF_VERSIONS)?, key)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map(u64::from_be_bytes))
+        .and_then(|v| be_u64(&v)))
 }
 
 fn exists_in(db: &DB, cf: &'static str, id: &str) -> Result<bool, StoreError> {
     Ok(db.get_pinned_cf(handle(db, cf)?, id)?.is_some())
-}
-
-fn handle<'a>(db: &'a DB, cf: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
-    db.cf_handle(cf).ok_or(StoreError::MissingCf(cf))
 }
